@@ -1,0 +1,285 @@
+"""Where the MLP of each architecture lives: its up-side and down projections, per `model_type`.
+
+A module name splits at its first all-digit segment into the layer stack, the layer index and the path
+inside the layer: `model.layers.3.mlp.up_proj` -> (`model.layers`, 3, `mlp.up_proj`). Each architecture is
+one `MLPLayout` line naming, by regular expressions on that inner path, the up-side projections (all that
+map hidden -> width and feed only elementwise work) and the down projection (width -> hidden).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+
+@dataclass(frozen=True)
+class MLPLayout:
+    """Regexes (relative to a decoder layer) of an MLP's projections."""
+
+    up: tuple[str, ...]
+    down: tuple[str, ...]
+    fused_up_chunks: int = 1  # a fused up module whose output the model splits with chunk(n)
+    stack: str = r".+"  # regex the path to the layer list must match (to skip e.g. a vision tower)
+
+
+GATED = MLPLayout(up=(r"mlp\.gate_proj", r"mlp\.up_proj"), down=(r"mlp\.down_proj",))
+UP_DOWN = MLPLayout(up=(r"mlp\.up_proj",), down=(r"mlp\.down_proj",))
+FUSED_GATE_UP = MLPLayout(up=(r"mlp\.gate_up_proj",), down=(r"mlp\.down_proj",), fused_up_chunks=2)
+C_FC = MLPLayout(up=(r"mlp\.c_fc",), down=(r"mlp\.c_proj",))
+FC_IN_OUT = MLPLayout(up=(r"mlp\.fc_in",), down=(r"mlp\.fc_out",))
+
+ARCHITECTURES: dict[str, MLPLayout] = {
+    # gate_proj / up_proj -> act(gate) * up -> down_proj
+    "llama": GATED,
+    "mistral": GATED,
+    "qwen2": GATED,
+    "qwen3": GATED,
+    "gemma": GATED,
+    "gemma2": GATED,
+    "gemma3_text": GATED,
+    "gemma3": MLPLayout(up=GATED.up, down=GATED.down, stack=r"(.+\.)?language_model\.layers"),
+    "olmo": GATED,
+    "olmo2": GATED,
+    "stablelm": GATED,
+    "granite": GATED,
+    "cohere": GATED,
+    "cohere2": GATED,
+    "helium": GATED,
+    # up_proj -> act -> down_proj
+    "nemotron": UP_DOWN,
+    "arcee": UP_DOWN,
+    # fused gate_up_proj, split with chunk(2)
+    "phi3": FUSED_GATE_UP,
+    "glm": FUSED_GATE_UP,
+    "glm4": FUSED_GATE_UP,
+    # single up projection under other names
+    "gpt2": C_FC,  # Conv1D
+    "gpt_bigcode": C_FC,
+    "starcoder2": C_FC,
+    "gpt_neox": MLPLayout(up=(r"mlp\.dense_h_to_4h",), down=(r"mlp\.dense_4h_to_h",)),
+    "opt": MLPLayout(up=(r"fc1",), down=(r"fc2",)),
+    "phi": MLPLayout(up=(r"mlp\.fc1",), down=(r"mlp\.fc2",)),
+    "gptj": FC_IN_OUT,
+    "codegen": FC_IN_OUT,
+    # encoders: intermediate.dense -> act; output.dense -> dropout -> LayerNorm(residual + ...)
+    "bert": MLPLayout(up=(r"intermediate\.dense",), down=(r"output\.dense",)),
+    "roberta": MLPLayout(up=(r"intermediate\.dense",), down=(r"output\.dense",)),
+    # T5 (wi) and gated T5 v1.1 (wi_0, wi_1), in both the encoder and the decoder stack
+    "t5": MLPLayout(up=(r"layer\.\d+\.DenseReluDense\.wi(_[01])?",), down=(r"layer\.\d+\.DenseReluDense\.wo",)),
+}
+
+_MOE = "its experts are stored as fused 3-D parameters, not as Linear layers that can be widened"
+REFUSED: dict[str, str] = {
+    **{
+        name: _MOE
+        for name in (
+            "mixtral",
+            "qwen2_moe",
+            "qwen3_moe",
+            "olmoe",
+            "granitemoe",
+            "phimoe",
+            "dbrx",
+            "jamba",
+            "deepseek_v2",
+            "deepseek_v3",
+            "gpt_oss",
+            "llama4",
+            "jetmoe",
+            "minimax",
+        )
+    },
+    "gemma3n": "its MLP applies activation sparsity (a cut-off computed across the whole width) between "
+    "up and down, which is not elementwise, so copies of units would not stay equivalent",
+}
+
+
+class UnsupportedArchitectureError(ValueError):
+    """The model's MLPs cannot be grown as configured."""
+
+
+@dataclass(frozen=True)
+class GrownMLP:
+    """One MLP to grow: its module names, hidden size h and width p."""
+
+    stack: str
+    index: int
+    up: tuple[str, ...]
+    down: str
+    hidden: int
+    width: int
+    chunks: int
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of an nn.Linear or a GPT-2 Conv1D, read from the weight itself."""
+    rows, cols = module.weight.shape
+    return (rows, cols) if isinstance(module, Conv1D) else (cols, rows)
+
+
+def _split_name(name: str) -> tuple[str, int, str] | None:
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[:i]), int(part), ".".join(parts[i + 1 :])
+    return None
+
+
+def _projections(model: nn.Module) -> dict[str, nn.Module]:
+    """Every Linear/Conv1D by name, seen through tuner wrappers (a wrapped module counts as its base layer)."""
+    found = {}
+    for name, module in model.named_modules():
+        if name.endswith(".base_layer") or ".base_layer." in name:
+            continue
+        base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+        if isinstance(base, (nn.Linear, Conv1D)):
+            if getattr(module, "merged", False):
+                raise UnsupportedArchitectureError(
+                    f"{name} has a merged adapter, so its width is not the base model's. Call "
+                    "unmerge_adapter() before adding another grown adapter."
+                )
+            found[name] = base
+    return found
+
+
+def resolve_layout(model: nn.Module, config) -> MLPLayout:
+    """The layout from the config's overrides, else from the model's `model_type`."""
+    if config.up_modules is not None:
+        return MLPLayout(
+            up=tuple(config.up_modules), down=tuple(config.down_modules), fused_up_chunks=config.fused_up_chunks or 1
+        )
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in REFUSED:
+        raise UnsupportedArchitectureError(
+            f"model_type {model_type!r} cannot be grown: {REFUSED[model_type]}. Growing it would silently "
+            "change the model's function."
+        )
+    if model_type not in ARCHITECTURES:
+        raise UnsupportedArchitectureError(
+            f"peft-grow does not know the MLP layout of model_type {model_type!r}. "
+            + _linear_names_hint(model)
+            + " Pass GrowConfig(up_modules=[...], down_modules=[...]) with regexes of the up-side and down "
+            "projections relative to a layer, e.g. up_modules=['mlp.fc_in'], down_modules=['mlp.fc_out'] "
+            "(and fused_up_chunks=2 for a fused gate/up projection), or add a line to "
+            "peft_grow.architectures.ARCHITECTURES."
+        )
+    return ARCHITECTURES[model_type]
+
+
+def _linear_names_hint(model: nn.Module) -> str:
+    per_layer = defaultdict(list)
+    for name in _projections(model):
+        split = _split_name(name)
+        if split is not None:
+            per_layer[(split[0], split[1])].append(split[2])
+    if not per_layer:
+        return "It has no numbered layers with Linear modules."
+    (stack, index), names = next(iter(per_layer.items()))
+    return f"Linear layers found in layer {index} of {stack!r}: {', '.join(names)}."
+
+
+def plan_growth(model: nn.Module, config) -> list[GrownMLP]:
+    """List the MLPs that `config` grows in `model`, checking layer indices and shapes.
+
+    Raises UnsupportedArchitectureError (or ValueError for bad indices) with what was expected, what was found
+    and what to do.
+    """
+    layout = resolve_layout(model, config)
+    groups: dict[tuple[str, int], dict[str, list[str]]] = defaultdict(lambda: {"up": [], "down": []})
+    modules = _projections(model)
+    for name in modules:
+        split = _split_name(name)
+        if split is None or not re.fullmatch(layout.stack, split[0]):
+            continue
+        stack, index, inner = split
+        if any(re.fullmatch(p, inner) for p in layout.up):
+            groups[(stack, index)]["up"].append(name)
+        elif any(re.fullmatch(p, inner) for p in layout.down):
+            groups[(stack, index)]["down"].append(name)
+    if not groups:
+        raise UnsupportedArchitectureError(
+            f"No module matches up={list(layout.up)} / down={list(layout.down)} inside numbered layers. "
+            + _linear_names_hint(model)
+            + " Check GrowConfig.up_modules / down_modules (regexes relative to a layer)."
+        )
+    _refuse_fused_experts(model, {f"{s}.{i}" for s, i in groups})
+
+    layer_counts = _layer_counts(model, {stack for stack, _ in groups})
+    chosen = _choose_layers(config.layers, layer_counts)
+    plan = []
+    for (stack, index), names in sorted(groups.items()):
+        if index not in chosen[stack] or _is_excluded(config.exclude_modules, names["up"] + names["down"]):
+            continue
+        plan.append(_check_mlp(stack, index, names, modules, layout.fused_up_chunks))
+    if not plan:
+        raise ValueError(
+            f"GrowConfig(layers={config.layers}, exclude_modules={config.exclude_modules!r}) leaves no MLP to "
+            "grow. Select at least one layer that is not excluded."
+        )
+    return plan
+
+
+def _refuse_fused_experts(model: nn.Module, layer_prefixes: set[str]) -> None:
+    for name, param in model.named_parameters():
+        split = _split_name(name)
+        if param.ndim == 3 and split is not None and f"{split[0]}.{split[1]}" in layer_prefixes:
+            raise UnsupportedArchitectureError(
+                f"{name} is a fused 3-D parameter of shape {tuple(param.shape)} (mixture-of-experts weights). "
+                "peft-grow widens Linear MLPs only; growing experts stored this way is not supported."
+            )
+
+
+def _layer_counts(model: nn.Module, stacks: set[str]) -> dict[str, int]:
+    counts = {}
+    for stack in stacks:
+        container = model.get_submodule(stack)
+        counts[stack] = len(container) if isinstance(container, (nn.ModuleList, nn.Sequential)) else 0
+    return counts
+
+
+def _choose_layers(layers: list[int] | None, counts: dict[str, int]) -> dict[str, set[int]]:
+    if layers is None:
+        return {stack: set(range(n)) for stack, n in counts.items()}
+    chosen = {stack: {i % n for i in layers if -n <= i < n} for stack, n in counts.items()}
+    outside = [i for i in layers if not any(-n <= i < n for n in counts.values())]
+    if outside:
+        sizes = ", ".join(f"{stack!r} has {n} (indices 0..{n - 1})" for stack, n in sorted(counts.items()))
+        raise ValueError(
+            f"GrowConfig.layers={layers}: index {outside} is out of range; {sizes}. Use indices inside that range "
+            "(negative ones count from the end), or layers=None to grow every layer."
+        )
+    return chosen
+
+
+def _is_excluded(exclude: list[str] | str | None, names: list[str]) -> bool:
+    """PEFT's `exclude_modules` semantics: a regex (fullmatch) or a list of names or name suffixes."""
+    if not exclude:
+        return False
+    if isinstance(exclude, str):
+        return any(re.fullmatch(exclude, name) for name in names)
+    return any(name == e or name.endswith(f".{e}") for name in names for e in exclude)
+
+
+def _check_mlp(stack: str, index: int, names: dict, modules: dict, chunks: int) -> GrownMLP:
+    where = f"layer {index} of {stack!r}"
+    if not names["up"] or len(names["down"]) != 1:
+        raise UnsupportedArchitectureError(
+            f"Expected one or more up-side projections and exactly one down projection in {where}, found "
+            f"up={names['up']}, down={names['down']}. Check GrowConfig.up_modules / down_modules."
+        )
+    down = names["down"][0]
+    width, hidden = linear_shape(modules[down])
+    for up in names["up"]:
+        up_in, up_out = linear_shape(modules[up])
+        if up_in != hidden or up_out != chunks * width:
+            raise UnsupportedArchitectureError(
+                f"{up} maps {up_in} -> {up_out} but the down projection {down} maps {width} -> {hidden}; expected "
+                f"{hidden} -> {chunks}*{width}. The modules named are not one MLP's up and down projections"
+                + (" (or set fused_up_chunks for a fused gate/up projection)." if up_out % width == 0 else ".")
+            )
+    return GrownMLP(stack, index, tuple(names["up"]), down, hidden, width, chunks)

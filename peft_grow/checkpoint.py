@@ -1,0 +1,47 @@
+"""Checks on adapter folders before PEFT reads them: safetensors only, and readable."""
+
+from __future__ import annotations
+
+import os
+
+from safetensors import safe_open
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PICKLED_WEIGHTS = "adapter_model.bin"
+
+
+class GrowCheckpointError(ValueError):
+    """An adapter folder cannot be loaded as written."""
+
+
+def check_adapter_weights(folder: str) -> None:
+    """Raise a clear error if `folder` has no readable `adapter_model.safetensors`.
+
+    Only the header and the file length are read (safetensors checks that every tensor fits in the file), so
+    this is cheap even for large adapters. Pickled weights are refused: loading them can run arbitrary code.
+    """
+    path = os.path.join(folder, ADAPTER_WEIGHTS)
+    if not os.path.isfile(path):
+        if os.path.isfile(os.path.join(folder, PICKLED_WEIGHTS)):
+            raise GrowCheckpointError(
+                f"{folder} holds {PICKLED_WEIGHTS} (pickle), expected {ADAPTER_WEIGHTS}. peft-grow loads "
+                "safetensors only; re-save the adapter with save_pretrained(..., safe_serialization=True)."
+            )
+        raise GrowCheckpointError(
+            f"{folder} has an adapter_config.json but no {ADAPTER_WEIGHTS}; the folder is incomplete. "
+            "Save the adapter again with save_pretrained, or copy the missing file."
+        )
+    try:
+        with safe_open(path, framework="pt") as handle:
+            names = list(handle.keys())
+    except Exception as exc:  # safetensors raises its own error types for every kind of damage
+        raise GrowCheckpointError(
+            f"{path} is not a readable safetensors file ({os.path.getsize(path)} bytes; safetensors said: "
+            f"{exc}). It is truncated or corrupt: save the adapter again or re-download it."
+        ) from exc
+    foreign = [n for n in names if ".grow_" not in n]
+    if not names or len(foreign) == len(names):
+        raise GrowCheckpointError(
+            f"{path} holds no grown-adapter tensors (expected names containing '.grow_', found "
+            f"{names[:3]}{'...' if len(names) > 3 else ''}). This is not a peft-grow adapter file."
+        )

@@ -1,0 +1,149 @@
+"""GrowConfig: which MLP layers to grow, by how much, and what to train."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Literal
+
+from peft.config import PeftConfig
+
+from ._peft_registry import grow_peft_type
+
+MODES = ("freeze", "train")
+INITS = ("copy", "zero")
+
+
+@dataclass
+class GrowConfig(PeftConfig):
+    """Configuration of a grown adapter (*Grow, Don't Overwrite*, arXiv 2603.08647).
+
+    Each chosen MLP layer is widened k times: the up-side projections gain k-1 copies of their rows and
+    the down projection's k column blocks each hold W_down / k, so the grown model starts out computing
+    exactly the original function.
+
+    Args:
+        layers: indices of the decoder layers to grow (negative counts from the end), or None for all.
+            In an encoder-decoder model an index selects that layer in every stack; use `exclude_modules`
+            to leave a stack alone.
+        k: growth factor, an integer >= 2 (the MLP width becomes k * p).
+        mode: "freeze" (G-Freeze, the paper's default) trains only the new rows and columns; "train"
+            (G-Train) trains the whole up side and freezes the down projection.
+        init: "copy" (the paper's) copies the pretrained rows; "zero" is the Appendix C.2 baseline:
+            fresh new up rows, zero new down columns, original down block unscaled.
+        symmetry_noise: if > 0, add to the down blocks that start equal a perturbation whose blocks sum
+            to zero, with this standard deviation relative to the blocks' own. It keeps the function at
+            initialisation and lets copies that would otherwise stay identical separate (see docs/method.md).
+        up_modules, down_modules: regular expressions of the up-side and down projections, relative to a
+            decoder layer (e.g. ["mlp.fc_in"], ["mlp.fc_out"]), for architectures that are not
+            auto-detected. Give both or neither.
+        fused_up_chunks: how many projections a fused up-side module stacks (2 for a gate_up_proj that the
+            model splits with chunk(2)); only with `up_modules`.
+        exclude_modules: modules not to grow (PEFT semantics: a list of names or suffixes, or a regex);
+            excluding any module of an MLP leaves that whole MLP alone.
+        modules_to_save, trainable_token_indices: as in PEFT (read by TRL, too).
+        init_weights: True for the function-preserving start; False perturbs the new weights so that the
+            adapter is not an identity (for tests, as other PEFT tuners do).
+        target_modules: filled in by the tuner with the exact names of the grown modules; do not set it.
+    """
+
+    layers: list[int] | int | None = field(default=None, metadata={"help": "Decoder layer indices to grow."})
+    k: int = field(default=2, metadata={"help": "Growth factor (>= 2)."})
+    mode: Literal["freeze", "train"] = field(default="freeze", metadata={"help": "'freeze' or 'train'."})
+    init: Literal["copy", "zero"] = field(default="copy", metadata={"help": "'copy' or 'zero'."})
+    symmetry_noise: float = field(default=0.0, metadata={"help": "Zero-sum down-block perturbation scale."})
+    up_modules: list[str] | None = field(default=None, metadata={"help": "Up-side module regexes."})
+    down_modules: list[str] | None = field(default=None, metadata={"help": "Down projection regexes."})
+    fused_up_chunks: int | None = field(default=None, metadata={"help": "Projections per fused up module."})
+    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules not to grow."})
+    modules_to_save: list[str] | None = field(default=None, metadata={"help": "Extra fully trained modules."})
+    trainable_token_indices: list[int] | dict[str, list[int]] | None = field(
+        default=None, metadata={"help": "Embedding rows to train (PEFT trainable tokens)."}
+    )
+    init_weights: bool = field(default=True, metadata={"help": "False gives a perturbed adapter (tests)."})
+    target_modules: list[str] | None = field(default=None, metadata={"help": "Filled in by the tuner."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = grow_peft_type()
+        self._validate()
+
+    def _validate(self) -> None:
+        if isinstance(self.layers, bool) or not (
+            self.layers is None
+            or isinstance(self.layers, int)
+            or (isinstance(self.layers, (list, tuple)) and all(_is_int(i) for i in self.layers))
+        ):
+            raise ValueError(
+                f"GrowConfig.layers must be None (all layers), an int or a list of ints, got {self.layers!r}."
+            )
+        if isinstance(self.layers, int):
+            self.layers = [self.layers]
+        if self.layers is not None:
+            self.layers = list(self.layers)
+            if not self.layers:
+                raise ValueError("GrowConfig.layers is an empty list; pass None to grow every layer.")
+            if len(set(self.layers)) != len(self.layers):
+                raise ValueError(f"GrowConfig.layers has repeated indices: {self.layers}; list each layer once.")
+        if not _is_int(self.k) or self.k < 2:
+            raise ValueError(f"GrowConfig.k must be an integer >= 2 (the width becomes k*p), got {self.k!r}.")
+        if self.mode not in MODES:
+            raise ValueError(f"GrowConfig.mode must be one of {MODES}, got {self.mode!r}.")
+        if self.init not in INITS:
+            raise ValueError(f"GrowConfig.init must be one of {INITS}, got {self.init!r}.")
+        if isinstance(self.symmetry_noise, bool) or not isinstance(self.symmetry_noise, (int, float)):
+            raise ValueError(f"GrowConfig.symmetry_noise must be a number >= 0, got {self.symmetry_noise!r}.")
+        if not self.symmetry_noise >= 0:
+            raise ValueError(f"GrowConfig.symmetry_noise must be >= 0, got {self.symmetry_noise!r}.")
+        if (self.up_modules is None) != (self.down_modules is None):
+            raise ValueError(
+                "GrowConfig.up_modules and down_modules go together: got "
+                f"up_modules={self.up_modules!r}, down_modules={self.down_modules!r}. Pass both or neither."
+            )
+        for name in ("up_modules", "down_modules"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, [value])
+            elif value is not None and (not value or not all(isinstance(v, str) for v in value)):
+                raise ValueError(f"GrowConfig.{name} must be a non-empty list of strings, got {value!r}.")
+        if self.fused_up_chunks is not None:
+            if self.up_modules is None:
+                raise ValueError(
+                    "GrowConfig.fused_up_chunks only applies with up_modules/down_modules; auto-detected "
+                    "architectures know their own layout."
+                )
+            if not _is_int(self.fused_up_chunks) or self.fused_up_chunks < 1:
+                raise ValueError(f"GrowConfig.fused_up_chunks must be an int >= 1, got {self.fused_up_chunks!r}.")
+        if self.symmetry_noise > 0 and not self.has_equal_down_blocks:
+            warnings.warn(
+                f"GrowConfig.symmetry_noise={self.symmetry_noise} has no effect with mode={self.mode!r}, "
+                f"init={self.init!r}, k={self.k}: no trained copies start out equal there.",
+                stacklevel=3,
+            )
+
+    @property
+    def has_equal_down_blocks(self) -> bool:
+        """True where several copies start equal and would stay equal under training (docs/method.md)."""
+        if self.init != "copy":
+            return False
+        return self.mode == "train" or self.k >= 3
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs):
+        """Load the config; for a local adapter folder, also check that its weights file is readable.
+
+        PEFT loads the weights right after the config, and a truncated or corrupt file would otherwise surface
+        as a bare deserialisation error.
+        """
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        folder = os.path.join(pretrained_model_name_or_path, subfolder or "")
+        if os.path.isdir(folder):
+            from .checkpoint import check_adapter_weights
+
+            check_adapter_weights(folder)
+        return config
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

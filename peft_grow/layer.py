@@ -1,0 +1,330 @@
+"""Tuner layers that widen an MLP k times without changing its function at initialisation.
+
+`GrowUpLayer` wraps an up-side projection (h -> c*p, c = 2 for a fused gate/up module): its output gains
+k-1 copies of each of its c chunks, laid out `[chunk 0 | its copies | chunk 1 | its copies ...]` so that a
+model splitting the output with `chunk(c)` still pairs gate with gate and up with up. `GrowDownLayer`
+wraps the down projection (p -> h) and takes the k*p-wide input; block j of its columns is W_down / k.
+Both wrap `nn.Linear` or GPT-2's `Conv1D` (weight stored transposed) and compute new parts with the same
+arithmetic as the base module, so that k=2 in bfloat16 reproduces the base model bit for bit.
+
+The base layer is never modified while an adapter is active: G-Train trains a zero-initialised delta on
+the original rows, and merging widens the base layer in place but keeps the original tensors to restore.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from peft.tuners._buffer_dict import BufferDict
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .architectures import linear_shape
+
+
+@dataclass(frozen=True)
+class GrowSettings:
+    """What one adapter does to one layer."""
+
+    k: int
+    mode: str  # "freeze" | "train"
+    init: str  # "copy" | "zero"
+    chunks: int = 1  # projections stacked in a fused up-side module
+
+    @property
+    def mean_down(self) -> bool:
+        """G-Train from copies: every down block is the frozen W_down / k, so down(x) = W_down @ mean of blocks."""
+        return self.mode == "train" and self.init == "copy"
+
+
+def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv1d: bool) -> torch.Tensor:
+    """x @ W^T + b with `weight` in the layout of the base module (Conv1D: [in, out]) and its arithmetic."""
+    if not conv1d:
+        return F.linear(x, weight, bias)
+    flat = x.reshape(-1, x.shape[-1])
+    out = torch.addmm(bias, flat, weight) if bias is not None else flat @ weight
+    return out.view(*x.shape[:-1], weight.shape[-1])
+
+
+def interleave(original: torch.Tensor, new: torch.Tensor, chunks: int, dim: int) -> torch.Tensor:
+    """[o_0 | n_0 | o_1 | n_1 ...] from `original` and `new`, each split into `chunks` equal parts along `dim`."""
+    if chunks == 1:
+        return torch.cat([original, new], dim=dim)
+    pairs = zip(original.chunk(chunks, dim=dim), new.chunk(chunks, dim=dim), strict=True)
+    return torch.cat([part for pair in pairs for part in pair], dim=dim)
+
+
+def zero_sum_noise(block: torch.Tensor, blocks: int, scale: float) -> torch.Tensor:
+    """`blocks` random [h, p] blocks side by side ([h, blocks*p]) that sum to zero, std `scale` * std(block)."""
+    h, p = block.shape
+    noise = torch.randn(blocks, h, p, device=block.device, dtype=torch.float32)
+    noise = noise * (scale * block.float().std())
+    noise = noise - noise.mean(dim=0, keepdim=True)
+    return noise.permute(1, 0, 2).reshape(h, blocks * p).to(block.dtype)
+
+
+class GrowLayer(BaseTunerLayer):
+    """State and adapter bookkeeping shared by the up-side and down layers.
+
+    Trainable tensors live in ParameterDicts keyed by adapter name (PEFT's convention, so saving, deleting and
+    device moves work as for LoRA); frozen ones that an adapter needs to be exact (the symmetry-breaking
+    perturbation of G-Train) live in a persistent BufferDict and are saved with it.
+    """
+
+    adapter_layer_names = ("grow_new_weight", "grow_new_bias", "grow_delta_weight", "grow_delta_bias")
+    other_param_names = ("grow_noise", "grow_settings")
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        if not isinstance(base_layer, (nn.Linear, Conv1D)):
+            raise TypeError(f"peft-grow wraps nn.Linear or Conv1D modules, got {type(base_layer).__name__}.")
+        self.base_layer = base_layer
+        self.conv1d = isinstance(base_layer, Conv1D)
+        self.grow_new_weight = nn.ParameterDict()
+        self.grow_new_bias = nn.ParameterDict()
+        self.grow_delta_weight = nn.ParameterDict()
+        self.grow_delta_bias = nn.ParameterDict()
+        self.grow_noise = BufferDict({}, persistent=True)
+        self.grow_settings: dict[str, GrowSettings] = {}
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self._original_base: tuple[nn.Parameter, nn.Parameter | None] | None = None  # kept while merged
+
+    # -- layouts: new tensors are built in Linear layout [out, in] and stored in the base module's layout --
+    def _linear_weight(self) -> torch.Tensor:
+        weight = self.get_base_layer().weight
+        return weight.t() if self.conv1d else weight
+
+    def _native(self, linear_layout: torch.Tensor) -> torch.Tensor:
+        return linear_layout.t().contiguous() if self.conv1d else linear_layout.contiguous()
+
+    def _add_parameter(self, store: nn.ParameterDict, adapter_name: str, value: torch.Tensor | None) -> None:
+        if value is not None:
+            store[adapter_name] = nn.Parameter(value.detach().clone())
+
+    # -- adapters --
+    def set_adapter(self, adapter_names: str | list[str], inference_mode: bool = False) -> None:
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        if len(names) > 1:
+            raise ValueError(
+                f"Grown adapters change the width of the MLP, so only one can be active at a time; got {names}. "
+                "Activate one with set_adapter(name)."
+            )
+        super().set_adapter(names, inference_mode=inference_mode)
+
+    def _active_grown(self) -> str | None:
+        """The active adapter if it grows this layer and is applied unmerged, else None (plain base layer)."""
+        if self.disable_adapters or self.merged or not self.active_adapters:
+            return None
+        name = self.active_adapters[0]
+        return name if name in self.grow_settings else None
+
+    def _perturb(self, adapter_name: str, scale: torch.Tensor) -> None:
+        """init_weights=False: move every trained tensor off its function-preserving start."""
+        with torch.no_grad():
+            for store_name in self.adapter_layer_names:
+                store = getattr(self, store_name)
+                if adapter_name in store:
+                    store[adapter_name].add_(torch.randn_like(store[adapter_name]) * scale)
+
+    # -- merging: widen the base layer in place, keep the original tensors for an exact unmerge --
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        adapter_names = [name for name in adapter_names if name in self.grow_settings]
+        if not adapter_names:
+            return
+        if len(adapter_names) > 1 or self.merged:
+            raise ValueError(
+                f"Only one grown adapter can be merged into a layer at a time; asked to merge {adapter_names} with "
+                f"{self.merged_adapters} already merged. Unmerge first, or merge one adapter."
+            )
+        name = adapter_names[0]
+        base = self.get_base_layer()
+        with torch.no_grad():
+            weight, bias = self._merged_tensors(name)
+        if safe_merge and not (torch.isfinite(weight).all() and (bias is None or torch.isfinite(bias).all())):
+            raise ValueError(
+                f"The merged weights of adapter {name!r} would contain NaN or inf (layer wrapping "
+                f"{type(base).__name__} {tuple(base.weight.shape)}); the adapter is broken, so nothing was merged."
+            )
+        self._original_base = (base.weight, base.bias)
+        self._set_base(weight, bias)
+        self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
+            return
+        weight, bias = self._original_base
+        base = self.get_base_layer()
+        base.weight = weight
+        if bias is not None:
+            base.bias = bias
+        self._sync_features()
+        self._original_base = None
+        self.merged_adapters.clear()
+
+    def _set_base(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        base = self.get_base_layer()
+        base.weight = nn.Parameter(weight.to(base.weight.dtype), requires_grad=base.weight.requires_grad)
+        if bias is not None:
+            base.bias = nn.Parameter(bias.to(base.bias.dtype), requires_grad=base.bias.requires_grad)
+        self._sync_features()
+
+    def _sync_features(self) -> None:
+        base = self.get_base_layer()
+        in_features, out_features = linear_shape(base)
+        if self.conv1d:
+            base.nx, base.nf = in_features, out_features
+        else:
+            base.in_features, base.out_features = in_features, out_features
+
+    def _merged_tensors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return "grow." + super().__repr__()
+
+
+class GrowUpLayer(nn.Module, GrowLayer):
+    """An up-side projection h -> c*p that outputs c*k*p: the original rows, then k-1 copies, per chunk."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config, chunks: int = 1, **kwargs) -> None:
+        nn.Module.__init__(self)
+        GrowLayer.__init__(self, base_layer)
+        self.update_layer(adapter_name, config, chunks)
+
+    def update_layer(self, adapter_name: str, config, chunks: int = 1) -> None:
+        settings = GrowSettings(config.k, config.mode, config.init, chunks)
+        base = self.get_base_layer()
+        weight = self._linear_weight()  # [c*p, h]
+        out_features, h = weight.shape
+        p, copies = out_features // chunks, config.k - 1
+        with torch.no_grad():
+            if config.init == "copy":
+                new_weight = weight.reshape(chunks, 1, p, h).expand(chunks, copies, p, h).reshape(-1, h)
+                new_bias = None if base.bias is None else base.bias.reshape(chunks, 1, p).expand(-1, copies, -1)
+            else:  # fresh units at the scale of the pretrained rows
+                new_weight = torch.randn(chunks * copies * p, h, device=weight.device, dtype=torch.float32)
+                new_weight = (new_weight * weight.float().std()).to(weight.dtype)
+                new_bias = None if base.bias is None else torch.zeros_like(base.bias).repeat(copies)
+            self._add_parameter(self.grow_new_weight, adapter_name, self._native(new_weight))
+            self._add_parameter(self.grow_new_bias, adapter_name, None if new_bias is None else new_bias.reshape(-1))
+            if config.mode == "train":  # a delta on the original rows keeps the base weight untouched
+                self._add_parameter(self.grow_delta_weight, adapter_name, torch.zeros_like(base.weight))
+                self._add_parameter(
+                    self.grow_delta_bias, adapter_name, None if base.bias is None else torch.zeros_like(base.bias)
+                )
+        self.grow_settings[adapter_name] = settings
+        if not config.init_weights:
+            self._perturb(adapter_name, 0.1 * weight.float().std())
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.disable_adapters and self.merged:
+            self.unmerge()
+        name = self._active_grown()
+        original = self.base_layer(x, *args, **kwargs)
+        if name is None:
+            return original
+        if name in self.grow_delta_weight:
+            delta_weight = self.grow_delta_weight[name]
+            delta = project(x.to(delta_weight.dtype), delta_weight, self.grow_delta_bias.get(name), self.conv1d)
+            original = original + delta.to(original.dtype)
+        new_weight = self.grow_new_weight[name]
+        new = project(x.to(new_weight.dtype), new_weight, self.grow_new_bias.get(name), self.conv1d)
+        return interleave(original, new.to(original.dtype), self.grow_settings[name].chunks, dim=-1)
+
+    def _merged_tensors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        settings, base = self.grow_settings[adapter_name], self.get_base_layer()
+        dtype = base.weight.dtype
+        weight = self._linear_weight()
+        if adapter_name in self.grow_delta_weight:
+            weight = weight + _linear(self.grow_delta_weight[adapter_name], self.conv1d).to(dtype)
+        new_weight = _linear(self.grow_new_weight[adapter_name], self.conv1d).to(dtype)
+        merged = self._native(interleave(weight, new_weight, settings.chunks, dim=0))
+        if base.bias is None:
+            return merged, None
+        bias = base.bias
+        if adapter_name in self.grow_delta_bias:
+            bias = bias + self.grow_delta_bias[adapter_name].to(dtype)
+        return merged, interleave(bias, self.grow_new_bias[adapter_name].to(dtype), settings.chunks, dim=0)
+
+
+class GrowDownLayer(nn.Module, GrowLayer):
+    """The down projection p -> h, fed k*p: x = [x_0 | x_1 ... x_{k-1}], block j weighted W_down / k."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config, **kwargs) -> None:
+        nn.Module.__init__(self)
+        GrowLayer.__init__(self, base_layer)
+        self.update_layer(adapter_name, config)
+
+    def update_layer(self, adapter_name: str, config, **kwargs) -> None:
+        settings = GrowSettings(config.k, config.mode, config.init)
+        weight = self._linear_weight()  # [h, p]
+        k = config.k
+        with torch.no_grad():
+            block = weight / k
+            if config.init == "zero":  # Appendix C.2: new columns start at zero and train in either mode
+                self._add_parameter(
+                    self.grow_new_weight, adapter_name, self._native(torch.zeros_like(weight).repeat(1, k - 1))
+                )
+            elif config.mode == "freeze":
+                new_weight = block.repeat(1, k - 1)
+                if config.symmetry_noise > 0 and k >= 3:  # the k-1 trained copies start equal
+                    new_weight = new_weight + zero_sum_noise(block, k - 1, config.symmetry_noise)
+                self._add_parameter(self.grow_new_weight, adapter_name, self._native(new_weight))
+            elif config.symmetry_noise > 0:  # G-Train: all k frozen blocks are equal
+                self.grow_noise[adapter_name] = self._native(zero_sum_noise(block, k, config.symmetry_noise))
+        self.grow_settings[adapter_name] = settings
+        if not config.init_weights:
+            self._perturb(adapter_name, 0.1 * block.float().std())
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.disable_adapters and self.merged:
+            self.unmerge()
+        name = self._active_grown()
+        if name is None:
+            return self.base_layer(x, *args, **kwargs)
+        settings, base = self.grow_settings[name], self.get_base_layer()
+        p = x.shape[-1] // settings.k
+        if settings.mean_down:
+            out = self.base_layer(x.unflatten(-1, (settings.k, p)).mean(dim=-2))
+        else:
+            # copy init: block 0 is W/k; the bias is split b/k + b(k-1)/k so that, with k a power of two, the
+            # sum rounds exactly like the base layer's own fused x @ W + b. zero init: block 0 is W itself.
+            share = 1.0 / settings.k if settings.init == "copy" else 1.0
+            bias = base.bias
+            first = x[..., :p] * share if share != 1.0 else x[..., :p]
+            out = project(first, base.weight, None if bias is None else bias * share, self.conv1d)
+            new_weight = self.grow_new_weight[name]
+            rest_bias = None if bias is None or share == 1.0 else (bias * (1.0 - share)).to(new_weight.dtype)
+            new = project(x[..., p:].to(new_weight.dtype), new_weight, rest_bias, self.conv1d)
+            out = out + new.to(out.dtype)
+        if name in self.grow_noise:
+            noise = self.grow_noise[name]
+            out = out + project(x.to(noise.dtype), noise, None, self.conv1d).to(out.dtype)
+        return out
+
+    def _merged_tensors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        settings, base = self.grow_settings[adapter_name], self.get_base_layer()
+        dtype, k = base.weight.dtype, settings.k
+        weight = self._linear_weight()
+        if settings.mean_down:
+            merged = (weight / k).repeat(1, k)
+        else:
+            first = weight / k if settings.init == "copy" else weight
+            merged = torch.cat([first, _linear(self.grow_new_weight[adapter_name], self.conv1d).to(dtype)], dim=1)
+        if adapter_name in self.grow_noise:
+            merged = merged + _linear(self.grow_noise[adapter_name], self.conv1d).to(dtype)
+        return self._native(merged), None if base.bias is None else base.bias
+
+
+def _linear(native: torch.Tensor, conv1d: bool) -> torch.Tensor:
+    return native.t() if conv1d else native

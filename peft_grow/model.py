@@ -1,0 +1,110 @@
+"""GrowModel: the PEFT tuner that finds the MLPs to grow, wraps their projections, merges and unloads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peft.tuners.tuners_utils import (
+    BaseTuner,
+    _filter_state_dict_by_key_prefixes,
+    _get_tuner_state_dict_key_prefixes,
+)
+from torch import nn
+
+from .architectures import plan_growth
+from .checkpoint import GrowCheckpointError
+from .layer import GrowDownLayer, GrowLayer, GrowUpLayer
+
+
+@dataclass(frozen=True)
+class GrowthSummary:
+    """Parameter counts of a grown model; `trainable_share` is relative to the base model, as in the paper."""
+
+    base_params: int
+    added_params: int
+    trainable_params: int
+
+    @property
+    def trainable_share(self) -> float:
+        return self.trainable_params / self.base_params
+
+
+class GrowModel(BaseTuner):
+    """Grows the MLPs chosen by a `GrowConfig` (see `peft_grow.config`).
+
+    Use it through PEFT: `get_peft_model(model, GrowConfig(...))`, `PeftModel.from_pretrained(model, path)`.
+    """
+
+    prefix = "grow_"
+    tuner_layer_cls = GrowLayer
+    target_module_mapping: dict[str, list[str]] = {}  # targets come from peft_grow.architectures instead
+
+    def inject_adapter(
+        self,
+        model: nn.Module,
+        adapter_name: str,
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+        state_dict=None,
+    ) -> None:
+        # The config alone determines which modules grow and in which role (up or down), so we resolve that here,
+        # with the model at hand, and hand PEFT the exact module names. A state_dict cannot tell the roles (a
+        # G-Train down projection has no tensor in it), so it is not used to pick targets.
+        config = self.peft_config[adapter_name]
+        self._grow_roles = {}
+        for mlp in plan_growth(model, config):
+            self._grow_roles.update({name: mlp.chunks for name in mlp.up})
+            self._grow_roles[mlp.down] = None
+        config.target_modules = sorted(self._grow_roles)
+        super().inject_adapter(
+            model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, low_cpu_mem_usage=low_cpu_mem_usage
+        )
+
+    def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key, **kwargs) -> None:
+        chunks = self._grow_roles[current_key]
+        if isinstance(target, GrowLayer):
+            target.update_layer(adapter_name, config, chunks=chunks or 1)
+            return
+        if chunks is None:
+            new_module = GrowDownLayer(target, adapter_name, config)
+        else:
+            new_module = GrowUpLayer(target, adapter_name, config, chunks=chunks)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)  # an added adapter is not trained until it is activated
+        self._replace_module(parent, target_name, new_module, target)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        """Map checkpoint keys to the model and refuse, with both shapes, an adapter made for another base."""
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        model_state = model.state_dict()
+        expected = _filter_state_dict_by_key_prefixes(model_state, _get_tuner_state_dict_key_prefixes(model, adapter_name))
+        base = config.base_model_name_or_path or "the base model it was trained on"
+        for key, tensor in remapped.items():
+            if key in model_state and tensor.shape != model_state[key].shape:
+                raise GrowCheckpointError(
+                    f"The adapter does not fit this base model: {key} has shape {tuple(tensor.shape)} in the adapter "
+                    f"file, but this model needs {tuple(model_state[key].shape)} (its MLP has another width or "
+                    f"hidden size). Load the adapter onto {base}."
+                )
+        missing = sorted(set(expected) - set(remapped))
+        if missing:
+            raise GrowCheckpointError(
+                f"The adapter file lacks {len(missing)} tensor(s) this model needs, e.g. {missing[0]} (the base has "
+                f"more layers, or other module names, than the one the adapter was made for). Load it onto {base}."
+            )
+        return remapped
+
+    def growth_summary(self) -> GrowthSummary:
+        """Base, added and trainable parameter counts (shared tensors, e.g. tied embeddings, counted once)."""
+        adapter_keys = _get_tuner_state_dict_key_prefixes(self.model)
+        seen, base, added, trainable = set(), 0, 0, 0
+        for name, param in self.model.named_parameters(remove_duplicate=True):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            is_new = bool(_filter_state_dict_by_key_prefixes({name: None}, adapter_keys))
+            added += param.numel() if is_new else 0
+            base += 0 if is_new else param.numel()
+            trainable += param.numel() if param.requires_grad else 0
+        return GrowthSummary(base_params=base, added_params=added, trainable_params=trainable)
