@@ -132,27 +132,43 @@ class GrowLayer(BaseTunerLayer):
 
     # -- merging: widen the base layer in place, keep the original tensors for an exact unmerge --
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        adapter_names = check_adapters_to_merge(self, adapter_names)
-        adapter_names = [name for name in adapter_names if name in self.grow_settings]
-        if not adapter_names:
+        name = self._adapter_to_merge(adapter_names)
+        if name is None:
             return
-        if len(adapter_names) > 1 or self.merged:
-            raise ValueError(
-                f"Only one grown adapter can be merged into a layer at a time; asked to merge {adapter_names} with "
-                f"{self.merged_adapters} already merged. Unmerge first, or merge one adapter."
-            )
-        name = adapter_names[0]
-        base = self.get_base_layer()
         with torch.no_grad():
             weight, bias = self._merged_tensors(name)
-        if safe_merge and not (torch.isfinite(weight).all() and (bias is None or torch.isfinite(bias).all())):
-            raise ValueError(
-                f"The merged weights of adapter {name!r} would contain NaN or inf (layer wrapping "
-                f"{type(base).__name__} {tuple(base.weight.shape)}); the adapter is broken, so nothing was merged."
-            )
+        if safe_merge:
+            self._check_finite(name, weight, bias)
+        base = self.get_base_layer()
         self._original_base = (base.weight, base.bias)
         self._set_base(weight, bias)
         self.merged_adapters.append(name)
+
+    def check_merge(self, adapter_names: list[str] | None = None) -> None:
+        """Raise if merging would write NaN or inf; changes nothing (GrowModel runs it on every layer first)."""
+        name = self._adapter_to_merge(adapter_names)
+        if name is not None:
+            with torch.no_grad():
+                self._check_finite(name, *self._merged_tensors(name))
+
+    def _adapter_to_merge(self, adapter_names: list[str] | None) -> str | None:
+        adapter_names = [n for n in check_adapters_to_merge(self, adapter_names) if n in self.grow_settings]
+        if not adapter_names:
+            return None
+        if len(adapter_names) > 1 or self.merged:
+            raise ValueError(
+                f"Only one grown adapter can be merged into a layer at a time; asked to merge {adapter_names} "
+                f"with {self.merged_adapters} already merged. Unmerge first, or merge one adapter."
+            )
+        return adapter_names[0]
+
+    def _check_finite(self, name: str, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        if not (torch.isfinite(weight).all() and (bias is None or torch.isfinite(bias).all())):
+            base = self.get_base_layer()
+            raise ValueError(
+                f"The merged weights of adapter {name!r} would contain NaN or inf (layer wrapping "
+                f"{type(base).__name__} {tuple(base.weight.shape)}); the adapter is broken. Nothing was merged."
+            )
 
     def unmerge(self) -> None:
         if not self.merged:

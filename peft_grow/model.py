@@ -73,12 +73,40 @@ class GrowModel(BaseTuner):
             new_module.requires_grad_(False)  # an added adapter is not trained until it is activated
         self._replace_module(parent, target_name, new_module, target)
 
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        # PEFT takes the new active adapter from the first tuner layer; an adapter that grows other layers than
+        # the deleted one is absent there, which would leave the model with none active. Use PEFT's own rule
+        # (the first remaining name) on every layer instead.
+        if not self.active_adapters and self.peft_config:
+            self.set_adapter(sorted(self.peft_config)[0])
+
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        # PEFT merges layer by layer; check every layer first so that a broken adapter leaves nothing half-merged.
+        if safe_merge:
+            self._check_merge(adapter_names)
+        super().merge_adapter(adapter_names=adapter_names, safe_merge=False)
+
+    def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
+        if merge and safe_merge:
+            self._check_merge(adapter_names)
+        return super()._unload_and_optionally_merge(
+            merge=merge, progressbar=progressbar, safe_merge=False, adapter_names=adapter_names
+        )
+
+    def _check_merge(self, adapter_names: list[str] | None) -> None:
+        for module in self.model.modules():
+            if isinstance(module, GrowLayer):
+                module.check_merge(adapter_names)
+
     @classmethod
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
         """Map checkpoint keys to the model and refuse, with both shapes, an adapter made for another base."""
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         model_state = model.state_dict()
-        expected = _filter_state_dict_by_key_prefixes(model_state, _get_tuner_state_dict_key_prefixes(model, adapter_name))
+        expected = _filter_state_dict_by_key_prefixes(
+            model_state, _get_tuner_state_dict_key_prefixes(model, adapter_name)
+        )
         base = config.base_model_name_or_path or "the base model it was trained on"
         for key, tensor in remapped.items():
             if key in model_state and tensor.shape != model_state[key].shape:

@@ -53,7 +53,10 @@ TINY_CONFIGS: dict[str, tuple[dict, type]] = {
     },
     **{name: (dict(_GQA, pad_token_id=0), AutoModelForCausalLM) for name in ("phi3", "glm", "glm4")},
     "helium": (dict(_GQA, head_dim=H // HEADS), AutoModelForCausalLM),
-    "gpt2": (dict(n_embd=H, n_inner=P, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB, n_positions=64), AutoModelForCausalLM),
+    "gpt2": (
+        dict(n_embd=H, n_inner=P, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB, n_positions=64),
+        AutoModelForCausalLM,
+    ),
     "gpt_bigcode": (
         dict(n_embd=H, n_inner=P, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB, n_positions=64, **_NO_SPECIAL_TOKENS),
         AutoModelForCausalLM,
@@ -61,19 +64,55 @@ TINY_CONFIGS: dict[str, tuple[dict, type]] = {
     "starcoder2": (dict(_GQA, **_NO_SPECIAL_TOKENS), AutoModelForCausalLM),
     "gpt_neox": (_DECODER, AutoModelForCausalLM),
     "opt": (
-        dict(hidden_size=H, ffn_dim=P, num_hidden_layers=LAYERS, num_attention_heads=HEADS, vocab_size=VOCAB,
-             word_embed_proj_dim=H, max_position_embeddings=64, **_NO_SPECIAL_TOKENS),
+        dict(
+            hidden_size=H,
+            ffn_dim=P,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            vocab_size=VOCAB,
+            word_embed_proj_dim=H,
+            max_position_embeddings=64,
+            **_NO_SPECIAL_TOKENS,
+        ),
         AutoModelForCausalLM,
     ),
     "phi": (_DECODER, AutoModelForCausalLM),
-    "gptj": (dict(n_embd=H, n_inner=P, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB, n_positions=64, rotary_dim=4,
-                  **_NO_SPECIAL_TOKENS), AutoModelForCausalLM),
-    "codegen": (dict(n_embd=H, n_inner=P, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB, n_positions=64, rotary_dim=4,
-                     n_ctx=64, **_NO_SPECIAL_TOKENS), AutoModelForCausalLM),
+    "gptj": (
+        dict(
+            n_embd=H,
+            n_inner=P,
+            n_layer=LAYERS,
+            n_head=HEADS,
+            vocab_size=VOCAB,
+            n_positions=64,
+            rotary_dim=4,
+            **_NO_SPECIAL_TOKENS,
+        ),
+        AutoModelForCausalLM,
+    ),
+    "codegen": (
+        dict(
+            n_embd=H,
+            n_inner=P,
+            n_layer=LAYERS,
+            n_head=HEADS,
+            vocab_size=VOCAB,
+            n_positions=64,
+            rotary_dim=4,
+            n_ctx=64,
+            **_NO_SPECIAL_TOKENS,
+        ),
+        AutoModelForCausalLM,
+    ),
     "bert": (dict(_DECODER, num_labels=3), AutoModelForSequenceClassification),
-    "roberta": (dict(_DECODER, num_labels=3, pad_token_id=1, max_position_embeddings=70), AutoModelForSequenceClassification),
-    "t5": (dict(d_model=H, d_ff=P, num_layers=2, num_decoder_layers=LAYERS, num_heads=HEADS, d_kv=8, vocab_size=VOCAB),
-           AutoModelForSeq2SeqLM),
+    "roberta": (
+        dict(_DECODER, num_labels=3, pad_token_id=1, max_position_embeddings=70),
+        AutoModelForSequenceClassification,
+    ),
+    "t5": (
+        dict(d_model=H, d_ff=P, num_layers=2, num_decoder_layers=LAYERS, num_heads=HEADS, d_kv=8, vocab_size=VOCAB),
+        AutoModelForSeq2SeqLM,
+    ),
 }
 # variants of an architecture that take another path through the code
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -87,8 +126,14 @@ def _config(name: str):
         return AutoConfig.for_model(
             "gemma3",
             text_config=dict(_GQA, model_type="gemma3_text"),
-            vision_config=dict(hidden_size=H, intermediate_size=P, num_hidden_layers=2, num_attention_heads=HEADS,
-                               image_size=28, patch_size=14),
+            vision_config=dict(
+                hidden_size=H,
+                intermediate_size=P,
+                num_hidden_layers=2,
+                num_attention_heads=HEADS,
+                image_size=28,
+                patch_size=14,
+            ),
             mm_tokens_per_image=4,
         ), AutoModelForCausalLM
     model_type, extra = VARIANTS.get(name, (name, {}))

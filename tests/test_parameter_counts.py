@@ -43,15 +43,56 @@ def test_trainable_count_is_closed_form(name, mode, init, k):
 
 # (model_type, config kwargs, total params, MLP params per layer, share all layers, share 10 layers): DESIGN.md
 PAPER_MODELS = [
-    ("gemma3_text", dict(hidden_size=1152, intermediate_size=6912, num_hidden_layers=26, vocab_size=262144,
-                         num_attention_heads=4, num_key_value_heads=1, head_dim=256), 999_885_952, 23_887_872,
-     0.621, 0.239),
-    ("llama", dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, vocab_size=128256,
-                   num_attention_heads=32, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True),
-     1_235_814_400, 50_331_648, 0.652, 0.407),
-    ("qwen3", dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, vocab_size=151936,
-                   num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
-     596_049_920, 9_437_184, 0.443, 0.158),
+    (
+        "gemma3_text",
+        dict(
+            hidden_size=1152,
+            intermediate_size=6912,
+            num_hidden_layers=26,
+            vocab_size=262144,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=256,
+        ),
+        999_885_952,
+        23_887_872,
+        0.621,
+        0.239,
+    ),
+    (
+        "llama",
+        dict(
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            vocab_size=128256,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=64,
+            tie_word_embeddings=True,
+        ),
+        1_235_814_400,
+        50_331_648,
+        0.652,
+        0.407,
+    ),
+    (
+        "qwen3",
+        dict(
+            hidden_size=1024,
+            intermediate_size=3072,
+            num_hidden_layers=28,
+            vocab_size=151936,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            head_dim=128,
+            tie_word_embeddings=True,
+        ),
+        596_049_920,
+        9_437_184,
+        0.443,
+        0.158,
+    ),
 ]
 
 

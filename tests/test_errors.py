@@ -1,0 +1,194 @@
+"""Bad input gets an error that says what was expected, what was found and what to do."""
+
+import copy
+import shutil
+
+import pytest
+import torch
+from conftest import DEVICE, logits, tiny_model
+from peft import PeftModel, get_peft_model
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+
+from peft_grow import GrowCheckpointError, GrowConfig, UnsupportedArchitectureError
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(k=1), "k must be an integer >= 2"),
+        (dict(k=2.5), "k must be an integer >= 2"),
+        (dict(k=True), "k must be an integer >= 2"),
+        (dict(mode="frozen"), "mode must be one of"),
+        (dict(init="random"), "init must be one of"),
+        (dict(layers=[]), "empty list"),
+        (dict(layers=[1, 1]), "repeated"),
+        (dict(layers=["1"]), "layers must be None"),
+        (dict(symmetry_noise=-0.1), "symmetry_noise must be >= 0"),
+        (dict(up_modules=["mlp.fc_in"]), "go together"),
+        (dict(fused_up_chunks=2), "only applies with up_modules"),
+        (dict(up_modules=["a"], down_modules=["b"], fused_up_chunks=0), "fused_up_chunks must be an int >= 1"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GrowConfig(**kwargs)
+
+
+def test_layer_index_out_of_range_names_the_range():
+    with pytest.raises(ValueError, match=r"index \[7\] is out of range; 'model.layers' has 3 \(indices 0..2\)"):
+        get_peft_model(tiny_model("llama"), GrowConfig(layers=[0, 7]))
+
+
+class Mystery(nn.Module):
+    """A model type peft-grow does not know: attention-free blocks with an fc_in -> gelu -> fc_out MLP."""
+
+    def __init__(self, fused: bool = False, experts: bool = False):
+        super().__init__()
+        self.config = PretrainedConfig()
+        self.config.model_type = "mystery"
+        self.embed = nn.Embedding(50, 16)
+        self.fused = fused
+        self.layers = nn.ModuleList(nn.ModuleDict(self._block(fused, experts)) for _ in range(2))
+        self.head = nn.Linear(16, 50)
+
+    @staticmethod
+    def _block(fused, experts):
+        block = {"mix": nn.Linear(16, 16), "fc_in": nn.Linear(16, 48 if fused else 24), "fc_out": nn.Linear(24, 16)}
+        if experts:
+            block["experts"] = nn.ParameterDict({"gate_up": nn.Parameter(torch.zeros(4, 48, 16))})
+        return block
+
+    def forward(self, input_ids):
+        x = self.embed(input_ids)
+        for block in self.layers:
+            x = x + block["mix"](x)
+            hidden = block["fc_in"](x)
+            if self.fused:
+                gate, up = hidden.chunk(2, dim=-1)
+                hidden = nn.functional.silu(gate) * up
+            else:
+                hidden = nn.functional.gelu(hidden)
+            x = x + block["fc_out"](hidden)
+        return self.head(x)
+
+
+def test_unknown_architecture_lists_the_linear_layers_and_the_way_out():
+    with pytest.raises(UnsupportedArchitectureError) as error:
+        get_peft_model(Mystery(), GrowConfig())
+    message = str(error.value)
+    assert "'mystery'" in message and "mix, fc_in, fc_out" in message and "up_modules" in message
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_unknown_architecture_grows_with_explicit_modules(fused):
+    torch.manual_seed(0)
+    base = Mystery(fused=fused).eval()
+    ids = torch.randint(0, 50, (2, 5))
+    expected = base(ids)
+    config = GrowConfig(up_modules=["fc_in"], down_modules=["fc_out"], fused_up_chunks=2 if fused else None, k=3)
+    model = get_peft_model(copy.deepcopy(base), config)
+    assert (model(ids) - expected).abs().max() <= 1e-5
+    if fused:  # without the fused layout the shapes cannot pair up: a clear error, not a silent mix-up
+        with pytest.raises(UnsupportedArchitectureError, match="fused_up_chunks"):
+            get_peft_model(copy.deepcopy(base), GrowConfig(up_modules=["fc_in"], down_modules=["fc_out"]))
+
+
+def test_fused_expert_parameters_are_refused():
+    with pytest.raises(UnsupportedArchitectureError, match="fused 3-D parameter"):
+        get_peft_model(Mystery(experts=True), GrowConfig(up_modules=["fc_in"], down_modules=["fc_out"]))
+
+
+def test_moe_model_type_is_refused():
+    config = AutoConfig.for_model(
+        "mixtral",
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_local_experts=2,
+        vocab_size=40,
+    )
+    with pytest.raises(UnsupportedArchitectureError, match="mixtral.*fused 3-D parameters"):
+        get_peft_model(AutoModelForCausalLM.from_config(config), GrowConfig())
+
+
+def test_non_elementwise_mlp_is_refused():
+    model = Mystery()
+    model.config.model_type = "gemma3n"
+    with pytest.raises(UnsupportedArchitectureError, match="not elementwise"):
+        get_peft_model(model, GrowConfig())
+
+
+@pytest.fixture
+def adapter_dir(tmp_path):
+    tiny_model("llama").save_pretrained(tmp_path / "base")
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base").to(DEVICE)
+    get_peft_model(base, GrowConfig(init_weights=False)).save_pretrained(tmp_path / "adapter")
+    return tmp_path
+
+
+def other_base(**overrides):
+    config = AutoConfig.for_model(
+        "llama",
+        hidden_size=32,
+        intermediate_size=40,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=96,
+    )
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return AutoModelForCausalLM.from_config(config).to(DEVICE)
+
+
+def test_adapter_onto_a_base_of_other_width_names_both_shapes(adapter_dir):
+    with pytest.raises(
+        GrowCheckpointError,
+        match=r"shape \((32, 40|40, 32)\) in the adapter file, but this model needs \((32, 48|48, 32)\).*Load the adapter onto .*base",
+    ):
+        PeftModel.from_pretrained(other_base(intermediate_size=48), adapter_dir / "adapter")
+
+
+def test_adapter_onto_a_base_with_more_layers(adapter_dir):
+    with pytest.raises(GrowCheckpointError, match="lacks 3 tensor"):
+        PeftModel.from_pretrained(other_base(num_hidden_layers=4), adapter_dir / "adapter")
+
+
+def test_matching_base_loads(adapter_dir):
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(adapter_dir / "base"), adapter_dir / "adapter"
+    )
+    assert logits(model, {"input_ids": torch.tensor([[5, 6, 7]])}).isfinite().all()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_adapter_file(adapter_dir, damage):
+    path = adapter_dir / "adapter" / "adapter_model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00garbage" * 100)
+    with pytest.raises(GrowCheckpointError, match="not a readable safetensors file.*save the adapter again"):
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(adapter_dir / "base"), adapter_dir / "adapter")
+
+
+def test_pickled_or_missing_weights_are_refused(adapter_dir):
+    adapter = adapter_dir / "adapter"
+    shutil.move(adapter / "adapter_model.safetensors", adapter / "adapter_model.bin")
+    with pytest.raises(GrowCheckpointError, match="pickle"):
+        GrowConfig.from_pretrained(adapter)
+    (adapter / "adapter_model.bin").unlink()
+    with pytest.raises(GrowCheckpointError, match="incomplete"):
+        GrowConfig.from_pretrained(adapter)
+
+
+def test_foreign_safetensors_file_is_refused(adapter_dir):
+    from safetensors.torch import save_file
+
+    save_file(
+        {"model.layers.0.q_proj.lora_A.weight": torch.zeros(2, 2)},
+        adapter_dir / "adapter" / "adapter_model.safetensors",
+    )
+    with pytest.raises(GrowCheckpointError, match="not a peft-grow adapter"):
+        GrowConfig.from_pretrained(adapter_dir / "adapter")
