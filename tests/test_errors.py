@@ -147,7 +147,8 @@ def other_base(**overrides):
 def test_adapter_onto_a_base_of_other_width_names_both_shapes(adapter_dir):
     with pytest.raises(
         GrowCheckpointError,
-        match=r"shape \((32, 40|40, 32)\) in the adapter file, but this model needs \((32, 48|48, 32)\).*Load the adapter onto .*base",
+        match=r"shape \((32, 40|40, 32)\) in the adapter file, but this model needs \((32, 48|48, 32)\)"
+        r".*Load the adapter onto .*base",
     ):
         PeftModel.from_pretrained(other_base(intermediate_size=48), adapter_dir / "adapter")
 

@@ -1,0 +1,59 @@
+"""Function preservation at initialisation, per architecture and dtype: the table in docs/method.md.
+
+For each architecture's tiny random model (the same ones the tests build), prints the worst float32 logit
+difference over k in {2, 3, 4}, both modes and both inits; whether bfloat16 with k=2 is bit-identical
+(new weights in bfloat16); and the worst bfloat16 difference with PEFT's default float32 new weights.
+
+    python benchmarks/exactness.py            # all architectures, about half a minute on 2 CPU cores
+"""
+
+import argparse
+import copy
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny model zoo of the test suite
+from conftest import ALL_ARCHITECTURES, logits, sample_inputs, tiny_model  # noqa: E402
+from peft import get_peft_model  # noqa: E402
+
+from peft_grow import GrowConfig  # noqa: E402
+
+SETTINGS = [(mode, init) for mode in ("freeze", "train") for init in ("copy", "zero")]
+
+
+def worst_difference(base, inputs, ks, **kwargs) -> tuple[float, bool]:
+    expected = logits(base, inputs).float()
+    worst, identical = 0.0, True
+    for k in ks:
+        for mode, init in SETTINGS:
+            grown = get_peft_model(copy.deepcopy(base), GrowConfig(k=k, mode=mode, init=init), **kwargs)
+            out = logits(grown, inputs).float()
+            worst = max(worst, (out - expected).abs().max().item())
+            identical &= torch.equal(out, expected)
+    return worst, identical
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers deprecation notices
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", default=ALL_ARCHITECTURES, help="architectures (default: all)")
+    args = parser.parse_args()
+    print(
+        "| architecture | fp32 max diff (k=2,3,4) | bf16 k=2 bit-identical | bf16, fp32 new weights: max diff (k=2,3) |"
+    )
+    print("|---|---|---|---|")
+    for name in args.names:
+        base = tiny_model(name)
+        fp32, _ = worst_difference(base, sample_inputs(base), ks=(2, 3, 4))
+        base = tiny_model(name, dtype=torch.bfloat16)
+        inputs = sample_inputs(base)
+        _, identical = worst_difference(base, inputs, ks=(2,), autocast_adapter_dtype=False)
+        upcast, _ = worst_difference(base, inputs, ks=(2, 3))
+        print(f"| {name} | {fp32:.1e} | {'yes' if identical else 'NO'} | {upcast:.1e} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
