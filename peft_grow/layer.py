@@ -13,7 +13,6 @@ the original rows, and merging widens the base layer in place but keeps the orig
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -171,8 +170,7 @@ class GrowLayer(BaseTunerLayer):
             )
 
     def unmerge(self) -> None:
-        if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
+        if not self.merged:  # e.g. a layer that the merged adapter does not grow
             return
         weight, bias = self._original_base
         base = self.get_base_layer()
