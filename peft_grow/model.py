@@ -51,21 +51,21 @@ class GrowModel(BaseTuner):
         # with the model at hand, and hand PEFT the exact module names. A state_dict cannot tell the roles (a
         # G-Train down projection has no tensor in it), so it is not used to pick targets.
         config = self.peft_config[adapter_name]
-        self._grow_roles = {}
+        self._up_chunks = {}  # module name -> fused chunks for up-side projections; down projections map to None
         for mlp in plan_growth(model, config):
-            self._grow_roles.update({name: mlp.chunks for name in mlp.up})
-            self._grow_roles[mlp.down] = None
-        config.target_modules = sorted(self._grow_roles)
+            self._up_chunks.update({name: mlp.chunks for name in mlp.up})
+            self._up_chunks[mlp.down] = None
+        config.target_modules = sorted(self._up_chunks)
         super().inject_adapter(
             model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, low_cpu_mem_usage=low_cpu_mem_usage
         )
 
     def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key, **kwargs) -> None:
-        chunks = self._grow_roles[current_key]
+        chunks = self._up_chunks[current_key]
         if isinstance(target, GrowLayer):
             target.update_layer(adapter_name, config, chunks=chunks or 1)
             return
-        if chunks is None:
+        if chunks is None:  # a down projection
             new_module = GrowDownLayer(target, adapter_name, config)
         else:
             new_module = GrowUpLayer(target, adapter_name, config, chunks=chunks)
