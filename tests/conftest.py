@@ -27,6 +27,7 @@ _DECODER = dict(
     hidden_size=H, intermediate_size=P, num_hidden_layers=LAYERS, num_attention_heads=HEADS, vocab_size=VOCAB
 )
 _GQA = dict(_DECODER, num_key_value_heads=2)
+_GPT = dict(n_embd=H, n_inner=P, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB, n_positions=64)
 _NO_SPECIAL_TOKENS = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
 
 # model_type -> (config kwargs, auto class); one entry per key of peft_grow.ARCHITECTURES
@@ -53,14 +54,8 @@ TINY_CONFIGS: dict[str, tuple[dict, type]] = {
     },
     **{name: (dict(_GQA, pad_token_id=0), AutoModelForCausalLM) for name in ("phi3", "glm", "glm4")},
     "helium": (dict(_GQA, head_dim=H // HEADS), AutoModelForCausalLM),
-    "gpt2": (
-        dict(n_embd=H, n_inner=P, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB, n_positions=64),
-        AutoModelForCausalLM,
-    ),
-    "gpt_bigcode": (
-        dict(n_embd=H, n_inner=P, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB, n_positions=64, **_NO_SPECIAL_TOKENS),
-        AutoModelForCausalLM,
-    ),
+    "gpt2": (_GPT, AutoModelForCausalLM),
+    "gpt_bigcode": (dict(_GPT, **_NO_SPECIAL_TOKENS), AutoModelForCausalLM),
     "starcoder2": (dict(_GQA, **_NO_SPECIAL_TOKENS), AutoModelForCausalLM),
     "gpt_neox": (_DECODER, AutoModelForCausalLM),
     "opt": (
@@ -77,33 +72,8 @@ TINY_CONFIGS: dict[str, tuple[dict, type]] = {
         AutoModelForCausalLM,
     ),
     "phi": (_DECODER, AutoModelForCausalLM),
-    "gptj": (
-        dict(
-            n_embd=H,
-            n_inner=P,
-            n_layer=LAYERS,
-            n_head=HEADS,
-            vocab_size=VOCAB,
-            n_positions=64,
-            rotary_dim=4,
-            **_NO_SPECIAL_TOKENS,
-        ),
-        AutoModelForCausalLM,
-    ),
-    "codegen": (
-        dict(
-            n_embd=H,
-            n_inner=P,
-            n_layer=LAYERS,
-            n_head=HEADS,
-            vocab_size=VOCAB,
-            n_positions=64,
-            rotary_dim=4,
-            n_ctx=64,
-            **_NO_SPECIAL_TOKENS,
-        ),
-        AutoModelForCausalLM,
-    ),
+    "gptj": (dict(_GPT, rotary_dim=4, **_NO_SPECIAL_TOKENS), AutoModelForCausalLM),
+    "codegen": (dict(_GPT, rotary_dim=4, n_ctx=64, **_NO_SPECIAL_TOKENS), AutoModelForCausalLM),
     "bert": (dict(_DECODER, num_labels=3), AutoModelForSequenceClassification),
     "roberta": (
         dict(_DECODER, num_labels=3, pad_token_id=1, max_position_embeddings=70),
@@ -121,7 +91,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 }
 
 
-def _config(name: str):
+def _config(name: str, overrides: dict):
     if name == "gemma3":  # multimodal: only the language model grows, never the vision tower
         return AutoConfig.for_model(
             "gemma3",
@@ -138,15 +108,15 @@ def _config(name: str):
         ), AutoModelForCausalLM
     model_type, extra = VARIANTS.get(name, (name, {}))
     kwargs, auto = TINY_CONFIGS[model_type]
-    return AutoConfig.for_model(model_type, **kwargs, **extra), auto
+    return AutoConfig.for_model(model_type, **{**kwargs, **extra, **overrides}), auto
 
 
 ALL_ARCHITECTURES = sorted(TINY_CONFIGS) + sorted(VARIANTS)
 
 
-def tiny_model(name: str = "llama", dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.nn.Module:
-    """A randomly initialised tiny model of architecture `name`, in eval mode, on DEVICE."""
-    config, auto = _config(name)
+def tiny_model(name: str = "llama", dtype: torch.dtype = torch.float32, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A randomly initialised tiny model of architecture `name`, with config `overrides`, in eval mode on DEVICE."""
+    config, auto = _config(name, overrides)
     torch.manual_seed(seed)
     model = auto.from_config(config)
     return model.to(device=DEVICE, dtype=dtype).eval()

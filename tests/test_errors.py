@@ -129,33 +129,18 @@ def adapter_dir(tmp_path):
     return tmp_path
 
 
-def other_base(**overrides):
-    config = AutoConfig.for_model(
-        "llama",
-        hidden_size=32,
-        intermediate_size=40,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=96,
-    )
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    return AutoModelForCausalLM.from_config(config).to(DEVICE)
-
-
 def test_adapter_onto_a_base_of_other_width_names_both_shapes(adapter_dir):
     with pytest.raises(
         GrowCheckpointError,
         match=r"shape \((32, 40|40, 32)\) in the adapter file, but this model needs \((32, 48|48, 32)\)"
         r".*Load the adapter onto .*base",
     ):
-        PeftModel.from_pretrained(other_base(intermediate_size=48), adapter_dir / "adapter")
+        PeftModel.from_pretrained(tiny_model("llama", intermediate_size=48), adapter_dir / "adapter")
 
 
 def test_adapter_onto_a_base_with_more_layers(adapter_dir):
     with pytest.raises(GrowCheckpointError, match="lacks 3 tensor"):
-        PeftModel.from_pretrained(other_base(num_hidden_layers=4), adapter_dir / "adapter")
+        PeftModel.from_pretrained(tiny_model("llama", num_hidden_layers=4), adapter_dir / "adapter")
 
 
 def test_matching_base_loads(adapter_dir):

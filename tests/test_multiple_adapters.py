@@ -34,7 +34,8 @@ def test_add_switch_delete():
         assert torch.equal(logits(model, inputs), expected_base)
     with pytest.raises(ValueError, match="only one can be active"):
         model.base_model.set_adapter(["a", "b"])
-    model.delete_adapter("a")
+    with pytest.warns(UserWarning, match="Setting active adapter to b"):
+        model.delete_adapter("a")
     assert model.active_adapters == ["b"]
     assert torch.equal(logits(model, inputs), out_b)
     assert all("a" not in m.grow_settings for m in model.modules() if isinstance(m, GrowLayer))
