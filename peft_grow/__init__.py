@@ -8,6 +8,8 @@ from ._peft_registry import PeftRegistrationError, register_grow_method
 from .architectures import ARCHITECTURES, REFUSED, MLPLayout, UnsupportedArchitectureError
 from .checkpoint import GrowCheckpointError
 from .config import GrowConfig
+from .export import load_merged, save_merged
+from .hub import push_adapter_to_hub, push_folder_to_hub
 from .layer import GrowDownLayer, GrowLayer, GrowUpLayer
 from .model import GrowModel, GrowthSummary
 
@@ -28,4 +30,8 @@ __all__ = [
     "MLPLayout",
     "PeftRegistrationError",
     "UnsupportedArchitectureError",
+    "load_merged",
+    "push_adapter_to_hub",
+    "push_folder_to_hub",
+    "save_merged",
 ]

@@ -25,13 +25,14 @@ class MLPLayout:
     down: tuple[str, ...]
     fused_up_chunks: int = 1  # a fused up module whose output the model splits with chunk(n)
     stack: str = r".+"  # regex the path to the layer list must match (to skip e.g. a vision tower)
+    width_key: str = "intermediate_size"  # the config attribute holding the MLP width p (dotted if nested)
 
 
 GATED = MLPLayout(up=(r"mlp\.gate_proj", r"mlp\.up_proj"), down=(r"mlp\.down_proj",))
 UP_DOWN = MLPLayout(up=(r"mlp\.up_proj",), down=(r"mlp\.down_proj",))
 FUSED_GATE_UP = MLPLayout(up=(r"mlp\.gate_up_proj",), down=(r"mlp\.down_proj",), fused_up_chunks=2)
-C_FC = MLPLayout(up=(r"mlp\.c_fc",), down=(r"mlp\.c_proj",))
-FC_IN_OUT = MLPLayout(up=(r"mlp\.fc_in",), down=(r"mlp\.fc_out",))
+C_FC = MLPLayout(up=(r"mlp\.c_fc",), down=(r"mlp\.c_proj",), width_key="n_inner")
+FC_IN_OUT = MLPLayout(up=(r"mlp\.fc_in",), down=(r"mlp\.fc_out",), width_key="n_inner")
 
 ARCHITECTURES: dict[str, MLPLayout] = {
     # gate_proj / up_proj -> act(gate) * up -> down_proj
@@ -42,7 +43,12 @@ ARCHITECTURES: dict[str, MLPLayout] = {
     "gemma": GATED,
     "gemma2": GATED,
     "gemma3_text": GATED,
-    "gemma3": MLPLayout(up=GATED.up, down=GATED.down, stack=r"(.+\.)?language_model\.layers"),
+    "gemma3": MLPLayout(
+        up=GATED.up,
+        down=GATED.down,
+        stack=r"(.+\.)?language_model\.layers",
+        width_key="text_config.intermediate_size",
+    ),
     "olmo": GATED,
     "olmo2": GATED,
     "stablelm": GATED,
@@ -60,9 +66,9 @@ ARCHITECTURES: dict[str, MLPLayout] = {
     # single up projection under other names
     "gpt2": C_FC,  # Conv1D
     "gpt_bigcode": C_FC,
-    "starcoder2": C_FC,
+    "starcoder2": MLPLayout(up=C_FC.up, down=C_FC.down),
     "gpt_neox": MLPLayout(up=(r"mlp\.dense_h_to_4h",), down=(r"mlp\.dense_4h_to_h",)),
-    "opt": MLPLayout(up=(r"fc1",), down=(r"fc2",)),
+    "opt": MLPLayout(up=(r"fc1",), down=(r"fc2",), width_key="ffn_dim"),
     "phi": MLPLayout(up=(r"mlp\.fc1",), down=(r"mlp\.fc2",)),
     "gptj": FC_IN_OUT,
     "codegen": FC_IN_OUT,
@@ -70,7 +76,11 @@ ARCHITECTURES: dict[str, MLPLayout] = {
     "bert": MLPLayout(up=(r"intermediate\.dense",), down=(r"output\.dense",)),
     "roberta": MLPLayout(up=(r"intermediate\.dense",), down=(r"output\.dense",)),
     # T5 (wi) and gated T5 v1.1 (wi_0, wi_1), in both the encoder and the decoder stack
-    "t5": MLPLayout(up=(r"layer\.\d+\.DenseReluDense\.wi(_[01])?",), down=(r"layer\.\d+\.DenseReluDense\.wo",)),
+    "t5": MLPLayout(
+        up=(r"layer\.\d+\.DenseReluDense\.wi(_[01])?",),
+        down=(r"layer\.\d+\.DenseReluDense\.wo",),
+        width_key="d_ff",
+    ),
 }
 
 _MOE = "its experts are stored as fused 3-D parameters, not as Linear layers that can be widened"

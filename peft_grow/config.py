@@ -129,6 +129,16 @@ class GrowConfig(PeftConfig):
             return False
         return self.mode == "train" or self.k >= 3
 
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        """Write adapter_config.json and give the folder's README.md the peft-grow section and tags.
+
+        PeftModel.save_pretrained writes its model card before the config, so the card is already there to update.
+        """
+        super().save_pretrained(save_directory, **kwargs)
+        from .cards import write_adapter_card
+
+        write_adapter_card(save_directory, self)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs):
         """Load the config; for a local adapter folder, also check that its weights file is readable.

@@ -66,6 +66,18 @@ def zero_sum_noise(block: torch.Tensor, blocks: int, scale: float) -> torch.Tens
     return noise.permute(1, 0, 2).reshape(h, blocks * p).to(block.dtype)
 
 
+def set_projection(module: nn.Module, weight: nn.Parameter, bias: nn.Parameter | None) -> None:
+    """Give an nn.Linear or Conv1D new (possibly wider) parameters and keep its feature counts in step."""
+    module.weight = weight
+    if bias is not None:
+        module.bias = bias
+    in_features, out_features = linear_shape(module)
+    if isinstance(module, Conv1D):
+        module.nx, module.nf = in_features, out_features
+    else:
+        module.in_features, module.out_features = in_features, out_features
+
+
 class GrowLayer(BaseTunerLayer):
     """State and adapter bookkeeping shared by the up-side and down layers.
 
@@ -172,29 +184,16 @@ class GrowLayer(BaseTunerLayer):
     def unmerge(self) -> None:
         if not self.merged:  # e.g. a layer that the merged adapter does not grow
             return
-        weight, bias = self._original_base
-        base = self.get_base_layer()
-        base.weight = weight
-        if bias is not None:
-            base.bias = bias
-        self._sync_features()
+        set_projection(self.get_base_layer(), *self._original_base)
         self._original_base = None
         self.merged_adapters.clear()
 
     def _set_base(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         base = self.get_base_layer()
-        base.weight = nn.Parameter(weight.to(base.weight.dtype), requires_grad=base.weight.requires_grad)
+        weight = nn.Parameter(weight.to(base.weight.dtype), requires_grad=base.weight.requires_grad)
         if bias is not None:
-            base.bias = nn.Parameter(bias.to(base.bias.dtype), requires_grad=base.bias.requires_grad)
-        self._sync_features()
-
-    def _sync_features(self) -> None:
-        base = self.get_base_layer()
-        in_features, out_features = linear_shape(base)
-        if self.conv1d:
-            base.nx, base.nf = in_features, out_features
-        else:
-            base.in_features, base.out_features = in_features, out_features
+            bias = nn.Parameter(bias.to(base.bias.dtype), requires_grad=base.bias.requires_grad)
+        set_projection(base, weight, bias)
 
     def _merged_tensors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError

@@ -1,0 +1,175 @@
+"""Merged checkpoints: one wider model that plain transformers (layout "pad") or `load_merged` reads back.
+
+`from_pretrained` builds every MLP at the width its config names, so a checkpoint where only some layers are
+wider does not load (and `ignore_mismatched_sizes=True` silently re-initialises those layers). Two layouts
+solve it:
+
+* `pad` (default): the MLPs that were not grown are widened with units that contribute exactly zero (zero up
+  rows, zero down columns) to the common width, which the config then names. A standard checkpoint, exact,
+  at the cost of the padded layers' extra width.
+* `per-layer`: every MLP keeps its real width; the widths are recorded in the config under
+  `peft_grow_shapes`, and `load_merged` rebuilds the model from them. Exact, no wasted width, but it needs
+  peft_grow to load.
+
+Writes are atomic: the checkpoint is written to a temporary folder beside the target and renamed into place,
+so an interrupted export never leaves a half-written checkpoint at the target path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import transformers
+from safetensors.torch import load_file
+from torch import nn
+from transformers import AutoConfig
+
+from .architectures import linear_shape, plan_growth, resolve_layout
+from .cards import write_merged_card
+from .config import GrowConfig
+from .layer import interleave, set_projection
+
+LAYOUTS = ("pad", "per-layer")
+SHAPES_KEY = "peft_grow_shapes"  # config attribute of a per-layer checkpoint: module name -> [in, out]
+
+
+def save_merged(
+    model,
+    out_dir: str | os.PathLike,
+    layout: str = "pad",
+    dtype: torch.dtype | str | None = None,
+    overwrite: bool = False,
+    max_shard_size: str | int = "5GB",
+) -> nn.Module:
+    """Merge the active grown adapter of a PeftModel and write the result to `out_dir`.
+
+    Like `merge_and_unload`, this consumes the PeftModel; the merged model is returned. `dtype` casts the
+    checkpoint (default: keep the base model's dtype). Refuses an existing `out_dir` unless `overwrite`.
+    """
+    out_dir = Path(out_dir)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists; choose another path or pass overwrite=True to replace it.")
+    config = model.active_peft_config
+    if not isinstance(config, GrowConfig):
+        raise ValueError(f"save_merged expects a model with an active grown adapter, found {type(config).__name__}.")
+    merged = model.merge_and_unload()
+    if dtype is not None:
+        merged = merged.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    layout_of_mlps = GrowConfig(
+        up_modules=config.up_modules, down_modules=config.down_modules, fused_up_chunks=config.fused_up_chunks
+    )
+    mlps = plan_growth(merged, layout_of_mlps)
+    width = max(mlp.width for mlp in mlps)
+    if layout == "pad" or all(mlp.width == width for mlp in mlps):
+        for mlp in mlps:
+            _pad_mlp(merged, mlp, width)
+        _set_config_width(merged.config, resolve_layout(merged, layout_of_mlps).width_key, width)
+        original_format = True
+    else:
+        shapes = {name: list(linear_shape(merged.get_submodule(name))) for mlp in mlps for name in (*mlp.up, mlp.down)}
+        setattr(merged.config, SHAPES_KEY, shapes)
+        original_format = False  # keys as in memory, so that load_merged can read them without conversions
+    architecture = merged.config.architectures[0] if merged.config.architectures else type(merged).__name__
+
+    def write(folder: Path) -> None:
+        merged.save_pretrained(folder, max_shard_size=max_shard_size, save_original_format=original_format)
+        write_merged_card(folder, config, layout, architecture, [mlp.width for mlp in mlps])
+
+    _write_atomically(out_dir, overwrite, write)
+    return merged
+
+
+def load_merged(path: str | os.PathLike, **kwargs) -> nn.Module:
+    """Load a merged checkpoint in either layout. `kwargs` go to the model's `from_config` (e.g. `dtype`).
+
+    A `pad` checkpoint is a standard one; a `per-layer` checkpoint is rebuilt at its recorded widths.
+    """
+    if not Path(path).is_dir():  # a Hub id
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(str(path))
+    config = AutoConfig.from_pretrained(path)
+    model_class = getattr(transformers, config.architectures[0])
+    shapes = getattr(config, SHAPES_KEY, None)
+    if shapes is None:
+        return model_class.from_pretrained(path, **kwargs)
+    kwargs.setdefault("dtype", getattr(config, "dtype", None) or torch.float32)
+    model = model_class._from_config(config, **kwargs)
+    for name, (in_features, out_features) in shapes.items():
+        module = model.get_submodule(name)
+        shape = (in_features, out_features) if _is_conv1d(module) else (out_features, in_features)
+        like = module.weight
+        bias = None if module.bias is None else nn.Parameter(like.new_empty(out_features), requires_grad=False)
+        set_projection(module, nn.Parameter(like.new_empty(shape), requires_grad=like.requires_grad), bias)
+    state = {}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        state.update(load_file(file))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [key for key in missing if key not in tied]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not match its recorded shapes: missing {missing[:3]}, unexpected {unexpected[:3]}. "
+            "The checkpoint is incomplete or was edited; export it again."
+        )
+    model.tie_weights()
+    return model.eval()
+
+
+def _pad_mlp(model: nn.Module, mlp, width: int) -> None:
+    """Widen one MLP to `width` with units that contribute exactly zero: zero up rows, zero down columns."""
+    extra = width - mlp.width
+    if extra == 0:
+        return
+    for name in mlp.up:
+        module = model.get_submodule(name)
+        weight = module.weight.t() if _is_conv1d(module) else module.weight
+        rows = weight.new_zeros(mlp.chunks * extra, weight.shape[1])
+        padded = interleave(weight, rows, mlp.chunks, dim=0)
+        bias = None
+        if module.bias is not None:
+            bias = nn.Parameter(interleave(module.bias, module.bias.new_zeros(mlp.chunks * extra), mlp.chunks, dim=0))
+        set_projection(module, _parameter(padded.t() if _is_conv1d(module) else padded, module.weight), bias)
+    module = model.get_submodule(mlp.down)
+    weight = module.weight.t() if _is_conv1d(module) else module.weight
+    padded = torch.cat([weight, weight.new_zeros(weight.shape[0], extra)], dim=1)
+    set_projection(module, _parameter(padded.t() if _is_conv1d(module) else padded, module.weight), None)
+
+
+def _parameter(value: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
+    return nn.Parameter(value.contiguous(), requires_grad=like.requires_grad)
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    return not isinstance(module, nn.Linear)
+
+
+def _set_config_width(config, key: str, width: int) -> None:
+    *parents, leaf = key.split(".")
+    for parent in parents:
+        config = getattr(config, parent)
+    setattr(config, leaf, width)
+
+
+def _write_atomically(target: Path, overwrite: bool, write) -> None:
+    """Run `write(tmp_dir)` and move the result to `target` in one rename; on any failure remove `tmp_dir`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        write(tmp)
+        if target.exists() and overwrite:
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.rename(target, old / target.name)
+            os.rename(tmp, target)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, target)
+    except BaseException:  # KeyboardInterrupt included: never leave the partial folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
