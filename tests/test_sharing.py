@@ -1,0 +1,73 @@
+"""Adapter cards and Hub uploads, offline: the card says how to load, the upload is the saved folder itself."""
+
+from pathlib import Path
+
+import pytest
+from conftest import tiny_model
+from huggingface_hub import HfApi, ModelCard
+from peft import get_peft_model
+from transformers import AutoModelForCausalLM
+
+import peft_grow
+from peft_grow import GrowConfig
+
+
+@pytest.fixture
+def adapter(tmp_path):
+    tiny_model("llama").save_pretrained(tmp_path / "base")
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    return get_peft_model(base, GrowConfig(layers=[0, 2], k=3, mode="train", task_type="CAUSAL_LM"))
+
+
+def test_adapter_card_has_front_matter_and_loading_lines(adapter, tmp_path):
+    adapter.save_pretrained(tmp_path / "adapter")
+    card = ModelCard.load(tmp_path / "adapter" / "README.md")
+    assert card.data.library_name == "peft"
+    assert {"peft-grow", "grow-dont-overwrite"} <= set(card.data.tags)
+    assert card.data.base_model == str(tmp_path / "base")
+    assert "import peft_grow" in card.text and "PeftModel.from_pretrained(base" in card.text
+    assert "| layers | 0, 2 |" in card.text and "G-Train" in card.text
+    adapter.save_pretrained(tmp_path / "adapter")  # saving again replaces the section, it does not pile up
+    assert (tmp_path / "adapter" / "README.md").read_text().count("## Grown adapter") == 1
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """Record what would be uploaded instead of reaching the network."""
+    uploads = []
+
+    def create_repo(self, repo_id, **kwargs):
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def upload_folder(self, folder_path, repo_id, **kwargs):
+        uploads.append((repo_id, files(Path(folder_path)), kwargs))
+        return "commit"
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return uploads
+
+
+def test_push_adapter_uploads_exactly_the_saved_folder(adapter, tmp_path, fake_hub):
+    adapter.save_pretrained(tmp_path / "saved")
+    assert peft_grow.push_adapter_to_hub(adapter, "me/grown", commit_message="hi") == "commit"
+    [(repo_id, uploaded, kwargs)] = fake_hub
+    assert repo_id == "me/grown" and kwargs == {"commit_message": "hi"}
+    assert uploaded == files(tmp_path / "saved")
+    assert {"README.md", "adapter_config.json", "adapter_model.safetensors"} <= set(uploaded)
+
+
+def test_push_merged_folder_as_written(adapter, tmp_path, fake_hub):
+    peft_grow.save_merged(adapter, tmp_path / "merged")
+    peft_grow.push_folder_to_hub(tmp_path / "merged", "me/merged")
+    assert fake_hub[0][1] == files(tmp_path / "merged")
+
+
+def test_push_refuses_a_folder_that_is_not_a_checkpoint(tmp_path, fake_hub):
+    with pytest.raises(FileNotFoundError, match="neither adapter_config.json nor config.json"):
+        peft_grow.push_folder_to_hub(tmp_path, "me/nothing")
+    assert fake_hub == []
