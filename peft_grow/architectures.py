@@ -132,7 +132,7 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
     return (rows, cols) if isinstance(module, Conv1D) else (cols, rows)
 
 
-def _split_name(name: str) -> tuple[str, int, str] | None:
+def split_module_name(name: str) -> tuple[str, int, str] | None:
     parts = name.split(".")
     for i, part in enumerate(parts):
         if part.isdigit():
@@ -184,7 +184,7 @@ def resolve_layout(model: nn.Module, config) -> MLPLayout:
 def _linear_names_hint(model: nn.Module) -> str:
     per_layer = defaultdict(list)
     for name in _projections(model):
-        split = _split_name(name)
+        split = split_module_name(name)
         if split is not None:
             per_layer[(split[0], split[1])].append(split[2])
     if not per_layer:
@@ -203,7 +203,7 @@ def plan_growth(model: nn.Module, config) -> list[GrownMLP]:
     groups: dict[tuple[str, int], dict[str, list[str]]] = defaultdict(lambda: {"up": [], "down": []})
     modules = _projections(model)
     for name in modules:
-        split = _split_name(name)
+        split = split_module_name(name)
         if split is None or not re.fullmatch(layout.stack, split[0]):
             continue
         stack, index, inner = split
@@ -236,7 +236,7 @@ def plan_growth(model: nn.Module, config) -> list[GrownMLP]:
 
 def _refuse_fused_experts(model: nn.Module, layer_prefixes: set[str]) -> None:
     for name, param in model.named_parameters():
-        split = _split_name(name)
+        split = split_module_name(name)
         if param.ndim == 3 and split is not None and f"{split[0]}.{split[1]}" in layer_prefixes:
             raise UnsupportedArchitectureError(
                 f"{name} is a fused 3-D parameter of shape {tuple(param.shape)} (mixture-of-experts weights). "

@@ -1,0 +1,347 @@
+"""Check a saved grown adapter against its own config, reading only the safetensors header.
+
+Used by `peft-grow inspect`: no base model is needed, no tensor data is read, nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from .architectures import ARCHITECTURES, split_module_name
+from .checkpoint import ADAPTER_WEIGHTS, GrowCheckpointError, check_adapter_weights
+from .config import INITS, MODES
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def format_indices(indices: list[int] | tuple[int, ...]) -> str:
+    """`0-3,7,9` from [0, 1, 2, 3, 7, 9]."""
+    runs: list[list[int]] = []
+    for index in sorted(indices):
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+GROW_KINDS = ("new_weight", "new_bias", "delta_weight", "delta_bias", "noise")
+_STATE_PREFIX = "base_model.model."
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+    @property
+    def numel(self) -> int:
+        count = 1
+        for size in self.shape:
+            count *= size
+        return count
+
+
+@dataclass
+class AdapterReport:
+    """What `inspect` found in an adapter folder; `problems` is empty when the adapter is consistent."""
+
+    folder: str
+    config: dict
+    tensors: list[TensorInfo]
+    file_bytes: int
+    roles: dict[str, str] = field(default_factory=dict)  # target module -> "up" | "down" | "?"
+    extra_tensors: list[str] = field(default_factory=list)  # modules_to_save / trainable tokens
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def consistent(self) -> bool:
+        return not self.problems
+
+
+def read_safetensors_header(path: str) -> list[TensorInfo]:
+    """Names, dtypes, shapes and byte sizes from a safetensors header; no tensor data is read, nothing is
+    unpickled. Call `check_adapter_weights` first: it reports damaged files clearly."""
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    infos = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = entry["data_offsets"]
+        infos.append(TensorInfo(name=name, dtype=entry["dtype"], shape=tuple(entry["shape"]), nbytes=end - start))
+    return sorted(infos, key=lambda info: info.name)
+
+
+def load_adapter(folder: str) -> AdapterReport:
+    """Read an adapter folder's config and weights header; GrowCheckpointError / OSError if unreadable."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder}: no such folder (expected an adapter folder written by save_pretrained).")
+    config_path = os.path.join(folder, ADAPTER_CONFIG)
+    if not os.path.isfile(config_path):
+        raise GrowCheckpointError(f"{folder} has no {ADAPTER_CONFIG}; it is not a PEFT adapter folder.")
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GrowCheckpointError(f"{config_path} is not valid JSON ({exc}).") from exc
+    if not isinstance(config, dict):
+        raise GrowCheckpointError(f"{config_path} holds a JSON {type(config).__name__}, expected an object.")
+    check_adapter_weights(folder)
+    weights = os.path.join(folder, ADAPTER_WEIGHTS)
+    return AdapterReport(
+        folder=folder, config=config, tensors=read_safetensors_header(weights), file_bytes=os.path.getsize(weights)
+    )
+
+
+def inspect_adapter(folder: str) -> AdapterReport:
+    """Load an adapter folder and check it against its own config (see `check_adapter`)."""
+    report = load_adapter(folder)
+    check_adapter(report)
+    return report
+
+
+def _role_patterns(config: dict) -> list[tuple[str, str, int]]:
+    """(regex, role, fused chunks) from the config's up/down_modules, else from every known architecture."""
+    if config.get("up_modules") and config.get("down_modules"):
+        chunks = config.get("fused_up_chunks") or 1
+        return [(p, "up", chunks) for p in config["up_modules"]] + [(p, "down", 1) for p in config["down_modules"]]
+    patterns = []
+    for layout in ARCHITECTURES.values():
+        patterns += [(p, "up", layout.fused_up_chunks) for p in layout.up] + [(p, "down", 1) for p in layout.down]
+    return patterns
+
+
+def _role(module: str, patterns: list[tuple[str, str, int]]) -> tuple[str, int] | None:
+    split = split_module_name(module)
+    if split is None:
+        return None
+    for pattern, role, chunks in patterns:
+        if re.fullmatch(pattern, split[2]):
+            return role, chunks
+    return None
+
+
+def _tensor_module(name: str, targets: list[str]) -> tuple[str | None, str]:
+    """(target module, grow kind) of a tensor name; the module is None when no target matches."""
+    module, _, kind = name.rpartition(".grow_")
+    module = module.removeprefix(_STATE_PREFIX)
+    if module in targets:
+        return module, kind
+    matches = [t for t in targets if module.endswith("." + t) or t.endswith("." + module)]
+    return (matches[0] if len(matches) == 1 else None), kind
+
+
+def _expected_kinds(role: str, mode: str, init: str, noise: bool) -> tuple[set[str], set[str]]:
+    """(required, allowed) grow tensor kinds of one module, from what GrowUpLayer / GrowDownLayer save."""
+    if role == "up":
+        required = {"new_weight"} | ({"delta_weight"} if mode == "train" else set())
+        allowed = required | {"new_bias"} | ({"delta_bias"} if mode == "train" else set())
+        return required, allowed
+    if mode == "freeze" or init == "zero":
+        return {"new_weight"}, {"new_weight"}
+    required = {"noise"} if noise else set()  # G-Train from copies: the down projection is frozen
+    return required, required
+
+
+def check_adapter(report: AdapterReport) -> None:
+    """Check that the adapter's tensors are those its config produces, with shapes consistent with k.
+
+    Checked without the base model: peft_type is GROW and k, mode, init are valid; every tensor belongs to a
+    grown module (`target_modules`) and is a grow tensor (other tensors only with modules_to_save or
+    trainable_token_indices); each grown module holds the tensors its role requires (G-Freeze: grow_new_weight on
+    every module; G-Train: grow_delta_weight and grow_new_weight on the up side, nothing on the down projection
+    but the symmetry noise, or grow_new_weight with init="zero"); and the shapes fit together: within one MLP a
+    common hidden size, new up-side rows a multiple of k-1 that matches the fused chunks times the down block
+    width, G-Train new rows exactly (k-1) times the delta's, biases as long as their rows. Linear ([out, in]) and
+    GPT-2 Conv1D ([in, out]) layouts are both accepted. G-Freeze files hold only the new blocks, so there k is
+    checked by divisibility by k-1 alone.
+    """
+    config, problems = report.config, report.problems
+    peft_type = config.get("peft_type")
+    if peft_type != "GROW":
+        problems.append(f"peft_type is {peft_type!r}, expected 'GROW': this is not a peft-grow adapter config.")
+    k, mode, init = config.get("k"), config.get("mode", "freeze"), config.get("init", "copy")
+    valid_k = isinstance(k, int) and not isinstance(k, bool) and k >= 2
+    if not valid_k:
+        problems.append(f"k is {k!r}, expected an integer >= 2.")
+    if mode not in MODES:
+        problems.append(f"mode is {mode!r}, expected one of {MODES}.")
+    if init not in INITS:
+        problems.append(f"init is {init!r}, expected one of {INITS}.")
+    targets = config.get("target_modules")
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        problems.append(
+            f"target_modules is {targets!r}, expected the list of grown modules that save_pretrained writes."
+        )
+        targets = []
+
+    patterns = _role_patterns(config)
+    chunks_of: dict[str, int] = {}
+    groups: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for target in targets:
+        found = _role(target, patterns)
+        if found is None:
+            report.roles[target] = "?"
+            problems.append(
+                f"{target} is not an up-side or down projection of any known architecture, and the config names no "
+                "up_modules/down_modules that match it."
+            )
+            continue
+        report.roles[target], chunks_of[target] = found
+        stack, index, _ = split_module_name(target)
+        groups[(stack, index)].append(target)
+
+    per_module: dict[str, dict[str, TensorInfo]] = defaultdict(dict)
+    allow_extra = bool(config.get("modules_to_save") or config.get("trainable_token_indices"))
+    for info in report.tensors:
+        if ".grow_" not in info.name:
+            if allow_extra:
+                report.extra_tensors.append(info.name)
+            else:
+                problems.append(
+                    f"{info.name} is not a grow tensor (its name lacks '.grow_') and the config saves no "
+                    "modules_to_save or trainable tokens."
+                )
+            continue
+        module, kind = _tensor_module(info.name, targets)
+        if kind not in GROW_KINDS:
+            problems.append(f"{info.name}: unknown grow tensor kind 'grow_{kind}'.")
+        elif module is None:
+            problems.append(f"{info.name} belongs to no module listed in target_modules.")
+        elif kind in per_module[module]:
+            problems.append(f"{info.name}: a second grow_{kind} tensor for {module}.")
+        else:
+            per_module[module][kind] = info
+
+    if mode not in MODES or init not in INITS:
+        return
+    noise = bool(config.get("symmetry_noise")) and mode == "train" and init == "copy"
+    for (stack, index), members in sorted(groups.items()):
+        where = f"layer {index} of {stack}"
+        ups = [m for m in members if report.roles[m] == "up"]
+        downs = [m for m in members if report.roles[m] == "down"]
+        if not ups or len(downs) != 1:
+            problems.append(f"{where}: expected up-side projections and one down projection, found {sorted(members)}.")
+            continue
+        complete = True
+        for module in members:
+            required, allowed = _expected_kinds(report.roles[module], mode, init, noise)
+            present = set(per_module[module])
+            label = f"mode={mode!r}, init={init!r}" + (", symmetry_noise" if noise else "")
+            for kind in sorted(required - present):
+                complete = False
+                problems.append(f"{module} lacks grow_{kind}, which {label} requires.")
+            for kind in sorted(present - allowed):
+                problems.append(f"{module} has grow_{kind}, which {label} does not produce.")
+            if (
+                mode == "train"
+                and report.roles[module] == "up"
+                and ("new_bias" in present) != ("delta_bias" in present)
+            ):
+                problems.append(f"{module}: grow_new_bias and grow_delta_bias come together (a biased up side).")
+        if complete and valid_k:
+            issues = _shape_issues(ups, downs[0], per_module, chunks_of, k)
+            problems.extend(f"{where}: {issue}" for issue in issues)
+
+    _check_layers(config, groups, problems)
+    if mode == "freeze" and valid_k and k > 2:
+        report.notes.append(
+            "G-Freeze files hold only the new blocks, so k is checked by divisibility by k-1 (their width is "
+            "(k-1)*p with p unknown without the base model)."
+        )
+
+
+_HIDDEN_MISMATCH = "the tensors disagree on the hidden size"
+
+
+def _shape_issues(
+    ups: list[str], down: str, tensors: dict[str, dict[str, TensorInfo]], chunks_of: dict[str, int], k: int
+) -> list[str]:
+    """Shape problems of one MLP in the Linear layout or in Conv1D's (transposed), whichever fits better: first
+    the one in which the tensors agree on the hidden size, then the one with fewer problems."""
+    results = [_shape_issues_in_layout(ups, down, tensors, chunks_of, k, conv1d) for conv1d in (False, True)]
+    return min(results, key=lambda issues: (any(_HIDDEN_MISMATCH in issue for issue in issues), len(issues)))
+
+
+def _shape_issues_in_layout(ups, down, tensors, chunks_of, k, conv1d: bool) -> list[str]:
+    issues: list[str] = []
+    hidden: set[int] = set()
+
+    def width_of(module: str, kind: str, role: str) -> int | None:
+        info = tensors[module].get(kind)
+        if info is None:
+            return None
+        if kind.endswith("bias"):
+            if len(info.shape) != 1:
+                issues.append(f"{info.name} has shape {list(info.shape)}, expected a vector.")
+                return None
+            return info.shape[0]
+        if len(info.shape) != 2:
+            issues.append(f"{info.name} has shape {list(info.shape)}, expected a matrix.")
+            return None
+        rows, cols = info.shape
+        out_dim, in_dim = (cols, rows) if conv1d else (rows, cols)
+        width, h = (out_dim, in_dim) if role == "up" else (in_dim, out_dim)
+        hidden.add(h)
+        return width
+
+    # Every tensor implies p, the width of one block of one projection: a G-Train delta has chunks*p rows (exact,
+    # whatever k), new up rows (k-1)*chunks*p, new down columns (k-1)*p, the G-Train noise k*p. All must agree.
+    estimates: list[tuple[int, str]] = []
+
+    def estimate(width: int | None, factor: int, formula: str, source: str) -> None:
+        if width is None:
+            return
+        if width % factor:
+            issues.append(f"{source} is {width} wide, not a multiple of {formula}={factor} (k={k}).")
+        else:
+            estimates.append((width // factor, f"{source} ({width} = {formula}*p)"))
+
+    for up in ups:
+        delta = width_of(up, "delta_weight", "up")
+        estimate(delta, chunks_of[up], "chunks", f"{up}.grow_delta_weight")
+        delta_bias = width_of(up, "delta_bias", "up")
+        if delta_bias is not None and delta is not None and delta_bias != delta:
+            issues.append(f"{up}.grow_delta_bias has {delta_bias} entries for {delta} rows.")
+    estimate(width_of(down, "new_weight", "down"), k - 1, "(k-1)", f"{down}.grow_new_weight")
+    for up in ups:
+        new = width_of(up, "new_weight", "up")
+        estimate(new, (k - 1) * chunks_of[up], "(k-1)*chunks", f"{up}.grow_new_weight")
+        new_bias = width_of(up, "new_bias", "up")
+        if new_bias is not None and new is not None and new_bias != new:
+            issues.append(f"{up}.grow_new_bias has {new_bias} entries for {new} new rows.")
+    estimate(width_of(down, "noise", "down"), k, "k", f"{down}.grow_noise")
+    if estimates:
+        block, reference = estimates[0]
+        for value, source in estimates[1:]:
+            if value != block:
+                issues.append(f"{source} gives p={value}, but {reference} gives p={block}.")
+    if len(hidden) > 1:
+        issues.append(f"{_HIDDEN_MISMATCH}: {sorted(hidden)}.")
+    return issues
+
+
+def _check_layers(config: dict, groups: dict[tuple[str, int], list[str]], problems: list[str]) -> None:
+    """target_modules against `layers`, where the config's indices can be checked (non-negative)."""
+    layers = config.get("layers")
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        layers = [layers]
+    if not isinstance(layers, list) or not groups or not all(isinstance(i, int) and i >= 0 for i in layers):
+        return
+    grown = {index for _, index in groups}
+    outside = sorted(grown - set(layers))
+    if outside:
+        problems.append(f"target_modules grow layers {format_indices(outside)}, which layers={layers} does not list.")
+    missing = sorted(set(layers) - grown)
+    if missing and not config.get("exclude_modules"):
+        problems.append(f"layers={layers} lists {format_indices(missing)}, but no module of those layers is grown.")
