@@ -27,6 +27,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 from transformers.utils import logging as hf_logging
@@ -341,16 +342,26 @@ def merge(
 
     quiet_libraries()
     console = make_console()
-    with user_errors(), console.status("") as status:
+    stderr = Console(stderr=True)
+    steps = Progress(  # shown on a terminal only, so that piped stderr holds just the errors
+        TextColumn("[{task.completed}/{task.total}]"),
+        BarColumn(),
+        TextColumn("{task.description}"),
+        console=stderr,
+        transient=True,
+        disable=not stderr.is_terminal,
+    )
+    with user_errors():
         if os.path.exists(out) and not overwrite:
             raise FileExistsError(f"{out} already exists; choose another path or pass --overwrite to replace it.")
         GrowConfig.from_pretrained(adapter)  # a clear error for a missing or damaged adapter, before any loading
-        status.update(f"loading the base model {base}")
+    with user_errors(), steps:
+        step = steps.add_task(f"loading the base model {base}", total=3)
         architecture = transformers.AutoConfig.from_pretrained(base).architectures[0]
         model = getattr(transformers, architecture).from_pretrained(base, dtype="auto")
-        status.update(f"loading the adapter {adapter}")
+        steps.update(step, advance=1, description=f"loading the adapter {adapter}")
         model = PeftModel.from_pretrained(model, adapter)
-        status.update(f"merging and writing {out}")
+        steps.update(step, advance=1, description=f"merging and writing {out}")
         merged = save_merged(
             model,
             out,
@@ -359,6 +370,7 @@ def merge(
             overwrite=overwrite,
             max_shard_size=max_shard_size,
         )
+        steps.update(step, advance=1)
     size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out) if f.endswith(".safetensors"))
     load = f"peft_grow.load_merged({out!r})" if _is_per_layer(out) else f"{architecture}.from_pretrained({out!r})"
     console.print(

@@ -315,7 +315,7 @@ def test_inspect_unreadable_inputs(capsys, files, tmp_path):
 # -- help and usage --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [[], ["plan"], ["inspect"]])
+@pytest.mark.parametrize("command", [[], ["plan"], ["inspect"], ["merge"]])
 def test_help_for_every_command(capsys, command):
     code, out, _ = run(capsys, *command, "--help")
     assert code == 0
