@@ -113,6 +113,17 @@ def _config(name: str, overrides: dict):
 
 ALL_ARCHITECTURES = sorted(TINY_CONFIGS) + sorted(VARIANTS)
 
+# Gemma3-1B's published shape (DESIGN.md), for figures computed on the meta device
+GEMMA3_1B = dict(
+    hidden_size=1152,
+    intermediate_size=6912,
+    num_hidden_layers=26,
+    vocab_size=262144,
+    num_attention_heads=4,
+    num_key_value_heads=1,
+    head_dim=256,
+)
+
 
 def tiny_model(name: str = "llama", dtype: torch.dtype = torch.float32, seed: int = 0, **overrides) -> torch.nn.Module:
     """A randomly initialised tiny model of architecture `name`, with config `overrides`, in eval mode on DEVICE."""

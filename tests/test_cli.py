@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_model
+from conftest import GEMMA3_1B, tiny_model
 from peft import get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
@@ -21,15 +21,6 @@ from peft_grow import GrowConfig
 from peft_grow.cli import inspect_adapter, main
 
 WEIGHTS = "adapter_model.safetensors"
-GEMMA3_1B = dict(
-    hidden_size=1152,
-    intermediate_size=6912,
-    num_hidden_layers=26,
-    vocab_size=262144,
-    num_attention_heads=4,
-    num_key_value_heads=1,
-    head_dim=256,
-)
 
 
 def save_adapter(folder, name="llama", **config) -> str:

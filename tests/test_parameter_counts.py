@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import GEMMA3_1B, tiny_model
 from peft import get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -45,15 +45,7 @@ def test_trainable_count_is_closed_form(name, mode, init, k):
 PAPER_MODELS = [
     (
         "gemma3_text",
-        dict(
-            hidden_size=1152,
-            intermediate_size=6912,
-            num_hidden_layers=26,
-            vocab_size=262144,
-            num_attention_heads=4,
-            num_key_value_heads=1,
-            head_dim=256,
-        ),
+        GEMMA3_1B,
         999_885_952,
         23_887_872,
         0.621,

@@ -2,22 +2,13 @@
 
 import pytest
 import torch
-from conftest import TINY_CONFIGS, tiny_model
+from conftest import GEMMA3_1B, TINY_CONFIGS, tiny_model
 from transformers import AutoConfig
 
 from peft_grow import GrowConfig, UnsupportedArchitectureError
 from peft_grow.architectures import plan_growth
 from peft_grow.planning import ADAM_STATE_BYTES, LoraShape, load_model_config, plan_costs
 
-GEMMA3_1B = dict(
-    hidden_size=1152,
-    intermediate_size=6912,
-    num_hidden_layers=26,
-    vocab_size=262144,
-    num_attention_heads=4,
-    num_key_value_heads=1,
-    head_dim=256,
-)
 GEMMA3_1B_PARAMS = 999_885_952
 GEMMA3_1B_MLP = 23_887_872  # 3 * 1152 * 6912 per layer
 # LoRA on q (1152 -> 1024), k, v (1152 -> 256), o (1024 -> 1152), gate, up (1152 -> 6912), down (6912 -> 1152)
