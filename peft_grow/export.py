@@ -86,9 +86,11 @@ def save_merged(
 
 
 def load_merged(path: str | os.PathLike, **kwargs) -> nn.Module:
-    """Load a merged checkpoint in either layout. `kwargs` go to the model's `from_config` (e.g. `dtype`).
+    """Load a merged checkpoint in either layout (a local folder or a Hub id).
 
-    A `pad` checkpoint is a standard one; a `per-layer` checkpoint is rebuilt at its recorded widths.
+    A `pad` checkpoint is a standard one, loaded with `from_pretrained(path, **kwargs)`; a `per-layer` checkpoint
+    is built with `_from_config(config, **kwargs)` (e.g. `dtype`), widened to its recorded shapes and filled from
+    its safetensors files.
     """
     if not Path(path).is_dir():  # a Hub id
         from huggingface_hub import snapshot_download
@@ -105,7 +107,11 @@ def load_merged(path: str | os.PathLike, **kwargs) -> nn.Module:
         module = model.get_submodule(name)
         shape = (in_features, out_features) if _is_conv1d(module) else (out_features, in_features)
         like = module.weight
-        bias = None if module.bias is None else nn.Parameter(like.new_empty(out_features), requires_grad=False)
+        bias = (
+            None
+            if module.bias is None
+            else nn.Parameter(like.new_empty(out_features), requires_grad=like.requires_grad)
+        )
         set_projection(module, nn.Parameter(like.new_empty(shape), requires_grad=like.requires_grad), bias)
     state = {}
     for file in sorted(Path(path).glob("*.safetensors")):
