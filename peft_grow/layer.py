@@ -41,12 +41,17 @@ class GrowSettings:
 
 
 def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv1d: bool) -> torch.Tensor:
-    """x @ W^T + b with `weight` in the layout of the base module (Conv1D: [in, out]) and its arithmetic."""
-    if not conv1d:
-        return F.linear(x, weight, bias)
+    """x @ W^T + b with `weight` in the layout of the base module (Conv1D: [in, out]) and its arithmetic.
+
+    The input is flattened to 2-D first: a column slice of a contiguous activation (a block of the grown width)
+    then stays a strided view that the matmul reads in place, instead of being copied.
+    """
     flat = x.reshape(-1, x.shape[-1])
-    out = torch.addmm(bias, flat, weight) if bias is not None else flat @ weight
-    return out.view(*x.shape[:-1], weight.shape[-1])
+    if not conv1d:
+        out = F.linear(flat, weight, bias)
+    else:
+        out = torch.addmm(bias, flat, weight) if bias is not None else flat @ weight
+    return out.view(*x.shape[:-1], out.shape[-1])
 
 
 def interleave(original: torch.Tensor, new: torch.Tensor, chunks: int, dim: int) -> torch.Tensor:
@@ -310,12 +315,14 @@ class GrowDownLayer(nn.Module, GrowLayer):
         if settings.mean_down:
             out = self.base_layer(x.unflatten(-1, (settings.k, p)).mean(dim=-2))
         else:
-            # copy init: block 0 is W/k; the bias is split b/k + b(k-1)/k so that, with k a power of two, the
-            # sum rounds exactly like the base layer's own fused x @ W + b. zero init: block 0 is W itself.
+            # copy init: block 0 is W/k, applied as (x0 @ W + b) / k, and the new blocks add b(k-1)/k: with k a
+            # power of two both halves round exactly like the base layer's own fused x0 @ W + b. zero init: block 0
+            # is W itself.
             share = 1.0 / settings.k if settings.init == "copy" else 1.0
             bias = base.bias
-            first = x[..., :p] * share if share != 1.0 else x[..., :p]
-            out = project(first, base.weight, None if bias is None else bias * share, self.conv1d)
+            out = project(x[..., :p], base.weight, bias, self.conv1d)
+            if share != 1.0:
+                out = out * share
             new_weight = self.grow_new_weight[name]
             rest_bias = None if bias is None or share == 1.0 else (bias * (1.0 - share)).to(new_weight.dtype)
             new = project(x[..., p:].to(new_weight.dtype), new_weight, rest_bias, self.conv1d)

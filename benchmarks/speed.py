@@ -1,0 +1,274 @@
+"""Training and inference cost of grown models, measured side by side in one run (docs/performance.md).
+
+Training variants, each from the same random base model and the same batch:
+  full           full fine-tuning of the base model
+  lora           LoRA r=16 on every Linear layer of the blocks
+  g-freeze       G-Freeze, k=2, every layer
+  g-freeze-1/3   G-Freeze, k=2, every third layer
+  g-train        G-Train, k=2, every layer
+  wide-ref       the reference that bounds what growth can cost: the merged, equally wide plain model (every MLP
+                 k=2 times wider) with its MLP weights trainable and everything else frozen
+Inference: the base model, the grown model with its adapter unmerged, and merged; prefill (a forward pass over
+the batch) and decode (one token at a time from a prefilled cache).
+
+Times are medians over --repeats rounds; in each round every variant runs once, in turn, so that drift of this
+(noisy, shared) machine hits all of them alike; the spread is the interquartile range. Memory is counted exactly
+from the tensors: weights, gradients, AdamW state, and the activations autograd saves for the backward pass
+(plus the allocator's peak on CUDA).
+
+    python benchmarks/speed.py                         # CPU setting, a few minutes on 2 cores
+    python benchmarks/speed.py --setting gemma3-1b     # GPU setting: Gemma3-1B shape, random weights, bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.utils import logging
+
+from peft_grow import GrowConfig
+
+SETTINGS = {
+    # name: (model_type, config kwargs, dtype, batch, sequence length, device)
+    "tiny": ("llama", dict(hidden_size=32, intermediate_size=40, num_hidden_layers=3, num_attention_heads=4,
+                           num_key_value_heads=2, vocab_size=96), "float32", 2, 16, "cpu"),
+    "cpu": ("llama", dict(hidden_size=256, intermediate_size=688, num_hidden_layers=6, num_attention_heads=8,
+                          num_key_value_heads=4, vocab_size=2048), "float32", 8, 128, "cpu"),
+    "gemma3-1b": ("gemma3_text", dict(hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
+                                      vocab_size=262144, num_attention_heads=4, num_key_value_heads=1, head_dim=256),
+                  "bfloat16", 4, 1024, "cuda"),
+}  # fmt: skip
+
+
+@dataclass
+class Measurement:
+    name: str
+    times: list[float] = field(default_factory=list)
+    trainable: int = 0
+    weights: int = 0
+    gradients: int = 0
+    optimizer: int = 0
+    activations: int = 0
+    device_peak: int | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def spread(self) -> float:
+        if len(self.times) < 4:
+            return max(self.times) - min(self.times)
+        quartiles = statistics.quantiles(self.times, n=4)
+        return quartiles[2] - quartiles[0]
+
+    @property
+    def total_memory(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+
+def build_base(setting: str):
+    model_type, kwargs, dtype, batch, length, device = SETTINGS[setting]
+    config = AutoConfig.for_model(model_type, **kwargs)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).to(device=device, dtype=getattr(torch, dtype))
+    ids = torch.randint(0, config.vocab_size, (batch, length), device=device)
+    return model, ids
+
+
+def training_variants(base) -> dict[str, torch.nn.Module]:
+    layers = base.config.num_hidden_layers
+    variants = {
+        "full": copy.deepcopy(base),
+        "lora": get_peft_model(copy.deepcopy(base), LoraConfig(r=16, target_modules="all-linear")),
+        "g-freeze": get_peft_model(copy.deepcopy(base), GrowConfig(k=2)),
+        "g-freeze-1/3": get_peft_model(copy.deepcopy(base), GrowConfig(k=2, layers=list(range(0, layers, 3)))),
+        "g-train": get_peft_model(copy.deepcopy(base), GrowConfig(k=2, mode="train")),
+    }
+    wide = get_peft_model(copy.deepcopy(base), GrowConfig(k=2)).merge_and_unload()
+    for name, param in wide.named_parameters():
+        param.requires_grad = ".mlp." in name
+    variants["wide-ref"] = wide
+    return variants
+
+
+def tensor_bytes(tensors) -> int:
+    seen, total = set(), 0
+    for tensor in tensors:
+        if tensor is not None and tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def train_step(model, optimizer, ids) -> None:
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def account_training(name: str, model, optimizer, ids) -> Measurement:
+    """One step with every tensor counted: weights, gradients, AdamW state, saved activations."""
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor)
+        return tensor
+
+    device = ids.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(input_ids=ids, labels=ids).loss
+    params = [p for p in model.parameters() if p.requires_grad]
+    measurement = Measurement(
+        name=name,
+        trainable=sum(p.numel() for p in params),
+        weights=tensor_bytes(model.parameters()),
+        activations=tensor_bytes(t for t in saved if not isinstance(t, torch.nn.Parameter)),
+    )
+    saved.clear()
+    loss.backward()
+    measurement.gradients = tensor_bytes(p.grad for p in params)
+    optimizer.step()
+    measurement.optimizer = tensor_bytes(t for state in optimizer.state.values() for t in state.values() if t.dim())
+    optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        measurement.device_peak = torch.cuda.max_memory_allocated(device)
+    return measurement
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_training(base, ids, repeats: int, warmup: int) -> list[Measurement]:
+    variants = training_variants(base)
+    optimizers = {
+        n: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5) for n, m in variants.items()
+    }
+    results = {}
+    for name, model in variants.items():
+        model.train()
+        results[name] = account_training(name, model, optimizers[name], ids)
+        for _ in range(warmup):
+            train_step(model, optimizers[name], ids)
+    for _ in range(repeats):
+        for name, model in variants.items():
+            synchronize(ids.device)
+            start = time.perf_counter()
+            train_step(model, optimizers[name], ids)
+            synchronize(ids.device)
+            results[name].times.append(time.perf_counter() - start)
+    return list(results.values())
+
+
+@torch.no_grad()
+def measure_inference(base, ids, repeats: int, warmup: int, decode_tokens: int) -> list[Measurement]:
+    grown = get_peft_model(copy.deepcopy(base), GrowConfig(k=2, init_weights=False))
+    merged = get_peft_model(copy.deepcopy(base), GrowConfig(k=2, init_weights=False))
+    merged.load_state_dict(grown.state_dict())
+    merged = merged.merge_and_unload()
+    models = {"base": base, "grown (unmerged)": grown, "merged": merged}
+    results = {f"{name} {kind}": Measurement(f"{name} {kind}") for name in models for kind in ("prefill", "decode")}
+
+    def prefill(model):
+        return model(input_ids=ids, use_cache=True)
+
+    def decode(model):
+        out = model(input_ids=ids[:, :-1], use_cache=True)
+        cache, token = out.past_key_values, ids[:, -1:]
+        synchronize(ids.device)
+        start = time.perf_counter()
+        for _ in range(decode_tokens):
+            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        synchronize(ids.device)
+        return (time.perf_counter() - start) / decode_tokens
+
+    for model in models.values():
+        model.eval()
+        for _ in range(warmup):
+            prefill(model)
+            decode(model)
+    for _ in range(repeats):
+        for name, model in models.items():
+            synchronize(ids.device)
+            start = time.perf_counter()
+            prefill(model)
+            synchronize(ids.device)
+            results[f"{name} prefill"].times.append(time.perf_counter() - start)
+            results[f"{name} decode"].times.append(decode(model))
+    return list(results.values())
+
+
+def mib(count: int) -> str:
+    return f"{count / 2**20:,.1f}"
+
+
+def report(setting: str, training: list[Measurement], inference: list[Measurement], ids) -> str:
+    model_type, kwargs, dtype, batch, length, _ = SETTINGS[setting]
+    by_name = {m.name: m for m in training}
+    reference, full = by_name["wide-ref"].median, by_name["full"].median
+    tokens = batch * length
+    lines = [
+        f"setting {setting}: {model_type} {kwargs}, {dtype}, batch {batch} x {length} tokens, device {ids.device}",
+        "",
+        "| training | step (ms, median ± IQR) | tokens/s | vs wide-ref | vs full | trainable | weights MiB "
+        "| grads MiB | AdamW MiB | activations MiB | total MiB |" + (" device peak MiB |" if ids.is_cuda else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if ids.is_cuda else ""),
+    ]
+    for m in training:
+        lines.append(
+            f"| {m.name} | {m.median * 1e3:.1f} ± {m.spread * 1e3:.1f} | {tokens / m.median:,.0f} "
+            f"| {m.median / reference:.2f}x | {m.median / full:.2f}x | {m.trainable:,} | {mib(m.weights)} "
+            f"| {mib(m.gradients)} | {mib(m.optimizer)} | {mib(m.activations)} | {mib(m.total_memory)} |"
+            + (f" {mib(m.device_peak)} |" if m.device_peak is not None else "")
+        )
+    by_name = {m.name: m for m in inference}
+    lines += ["", "| inference | time (ms, median ± IQR) | vs merged |", "|---|---|---|"]
+    for m in inference:
+        merged = by_name[f"merged {m.name.rsplit(' ', 1)[1]}"].median
+        lines.append(f"| {m.name} | {m.median * 1e3:.2f} ± {m.spread * 1e3:.2f} | {m.median / merged:.2f}x |")
+    return "\n".join(lines)
+
+
+def run(setting: str, repeats: int, warmup: int, decode_tokens: int):
+    """(training measurements, inference measurements, the input ids) of one setting."""
+    base, ids = build_base(setting)
+    training = measure_training(base, ids, repeats, warmup)
+    inference = measure_inference(base, ids, repeats, warmup, decode_tokens)
+    return training, inference, ids
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default="cpu")
+    parser.add_argument("--repeats", type=int, default=15, help="measured rounds (default 15)")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured steps per variant first (default 2)")
+    parser.add_argument("--decode-tokens", type=int, default=16, help="tokens per decode measurement (default 16)")
+    parser.add_argument("--json", help="also write the raw measurements to this file")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    logging.set_verbosity_error()
+    training, inference, ids = run(args.setting, args.repeats, args.warmup, args.decode_tokens)
+    text = report(args.setting, training, inference, ids)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"training": [asdict(m) for m in training], "inference": [asdict(m) for m in inference]}, handle)
+    return text
+
+
+if __name__ == "__main__":
+    main()
