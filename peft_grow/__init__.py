@@ -8,7 +8,7 @@ from ._peft_registry import PeftRegistrationError, register_grow_method
 from .architectures import ARCHITECTURES, REFUSED, MLPLayout, UnsupportedArchitectureError
 from .checkpoint import GrowCheckpointError
 from .config import GrowConfig
-from .export import load_merged, save_merged
+from .export import load_merged, save_adapter, save_merged
 from .hub import push_adapter_to_hub, push_folder_to_hub
 from .layer import GrowDownLayer, GrowLayer, GrowUpLayer
 from .model import GrowModel, GrowthSummary
@@ -33,5 +33,6 @@ __all__ = [
     "load_merged",
     "push_adapter_to_hub",
     "push_folder_to_hub",
+    "save_adapter",
     "save_merged",
 ]

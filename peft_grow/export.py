@@ -1,4 +1,5 @@
-"""Merged checkpoints: one wider model that plain transformers (layout "pad") or `load_merged` reads back.
+"""Merged checkpoints: one wider model that plain transformers (layout "pad") or `load_merged` reads back;
+and atomic saving of adapters.
 
 `from_pretrained` builds every MLP at the width its config names, so a checkpoint where only some layers are
 wider does not load (and `ignore_mismatched_sizes=True` silently re-initialises those layers). Two layouts
@@ -83,6 +84,15 @@ def save_merged(
 
     _write_atomically(out_dir, overwrite, write)
     return merged
+
+
+def save_adapter(model, out_dir: str | os.PathLike, overwrite: bool = False, **kwargs) -> None:
+    """`model.save_pretrained(out_dir, **kwargs)`, atomically: PEFT writes its files one by one into the target,
+    so an interrupted save would leave a folder that looks like an adapter; this writes beside it and renames."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists; choose another path or pass overwrite=True to replace it.")
+    _write_atomically(out_dir, overwrite, lambda folder: model.save_pretrained(folder, **kwargs))
 
 
 def load_merged(path: str | os.PathLike, **kwargs) -> nn.Module:

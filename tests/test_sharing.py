@@ -71,3 +71,20 @@ def test_push_refuses_a_folder_that_is_not_a_checkpoint(tmp_path, fake_hub):
     with pytest.raises(FileNotFoundError, match="neither adapter_config.json nor config.json"):
         peft_grow.push_folder_to_hub(tmp_path, "me/nothing")
     assert fake_hub == []
+
+
+def test_save_adapter_is_atomic_and_refuses_an_existing_folder(adapter, tmp_path, monkeypatch):
+    peft_grow.save_adapter(adapter, tmp_path / "a")
+    assert files(tmp_path / "a").keys() >= {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        peft_grow.save_adapter(adapter, tmp_path / "a")
+    before = files(tmp_path / "a")
+
+    def crash(self, folder, **kwargs):
+        (Path(folder) / "adapter_config.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(adapter), "save_pretrained", crash)
+    with pytest.raises(KeyboardInterrupt):
+        peft_grow.save_adapter(adapter, tmp_path / "a", overwrite=True)
+    assert files(tmp_path / "a") == before and sorted(p.name for p in tmp_path.iterdir()) == ["a", "base"]
