@@ -22,7 +22,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig
 from transformers.pytorch_utils import Conv1D
 
-from .architectures import linear_shape, plan_growth
+from .architectures import linear_shape, plan_growth, split_module_name
 from .config import GrowConfig
 
 logger = logging.getLogger(__name__)
@@ -186,13 +186,9 @@ def lora_shape(model: nn.Module, stacks: set[str]) -> LoraShape:
 
 
 def _layer_stack(name: str) -> str | None:
-    """The layer-stack path of a module name (the part before its first all-digit segment), as in
-    peft_grow.architectures: `model.layers.3.mlp.up_proj` -> `model.layers`."""
-    parts = name.split(".")
-    for i, part in enumerate(parts):
-        if part.isdigit():
-            return ".".join(parts[:i])
-    return None
+    """The layer-stack path of a module name: `model.layers.3.mlp.up_proj` -> `model.layers`."""
+    split = split_module_name(name)
+    return None if split is None else split[0]
 
 
 def _adapter_dtype_reason(dtype: str, autocast_adapter_dtype: bool) -> str:
