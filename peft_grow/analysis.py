@@ -18,3 +18,75 @@ def effective_rank(matrix: torch.Tensor) -> float:
     p = singular / total
     p = p[p > 0]
     return float(torch.exp(-(p * p.log()).sum()))
+
+
+class UpdateRankRecorder:
+    """Effective rank and norm of the up-projection update of every layer between checkpoints (section 4.4).
+
+    Call `record(model, step)` every few steps of a plain fine-tune (or add `UpdateRankCallback` to a
+    transformers Trainer): each call compares the up-side weights with those of the previous call. Rows of
+    `ranks` / `norms` are checkpoints, columns layers, as in the paper's Figure 5.
+    """
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.layers: list[tuple[str, int]] = []
+        self.ranks: list[list[float]] = []
+        self.norms: list[list[float]] = []
+        self._previous: dict[tuple[str, int], torch.Tensor] | None = None
+
+    def record(self, model: torch.nn.Module, step: int) -> None:
+        current = _up_weights(model)
+        if self._previous is not None:
+            self.layers = sorted(current)
+            updates = [current[key] - self._previous[key] for key in self.layers]
+            self.steps.append(step)
+            self.ranks.append([effective_rank(update) for update in updates])
+            self.norms.append([float(update.norm()) for update in updates])
+        self._previous = current
+
+    def plot(self, path, title: str = "effective rank of the up-projection update") -> None:
+        """Save the heat map (layers across, checkpoints down, lighter = higher rank) as a PNG."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(figsize=(max(4.5, 1.2 + 0.5 * len(self.layers)), 1.5 + 0.3 * len(self.steps)))
+        image = axes.imshow(self.ranks, aspect="auto", cmap="viridis")
+        axes.set_xticks(range(len(self.layers)), [str(index) for _, index in self.layers])
+        axes.set_yticks(range(len(self.steps)), [str(step) for step in self.steps])
+        axes.set_xlabel("layer")
+        axes.set_ylabel("training step")
+        axes.set_title(title, fontsize=9)
+        figure.colorbar(image, ax=axes, label="effective rank")
+        figure.tight_layout()
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+
+
+def _up_weights(model: torch.nn.Module) -> dict[tuple[str, int], torch.Tensor]:
+    """The up projection of every MLP (the paper's W^(1); the last up-side module, up_proj of a gated MLP), as
+    detached float32 copies."""
+    from .architectures import plan_growth
+    from .config import GrowConfig
+
+    return {
+        (mlp.stack, mlp.index): model.get_submodule(mlp.up[-1]).weight.detach().float().clone()
+        for mlp in plan_growth(model, GrowConfig())
+    }
+
+
+def update_rank_callback(recorder: UpdateRankRecorder, every: int):
+    """A transformers TrainerCallback that feeds `recorder` at step 0 and every `every` optimizer steps."""
+    from transformers import TrainerCallback
+
+    class UpdateRankCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            recorder.record(model, state.global_step)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % every == 0:
+                recorder.record(model, state.global_step)
+
+    return UpdateRankCallback()

@@ -87,3 +87,24 @@ def test_gradient_ranking_statistics():
     assert len(norm.scores) == 3 and all(value > 0 for value in norm.scores.values())
     with pytest.raises(ValueError, match="statistic must be"):
         gradient_ranking(model, batches(model), statistic="fisher")
+
+
+def test_update_rank_recorder_and_heat_map(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from peft_grow.analysis import UpdateRankRecorder, update_rank_callback
+
+    model = tiny_model("llama")
+    recorder = UpdateRankRecorder()
+    dataset = [{"input_ids": row, "labels": row} for row in sample_inputs(model, batch=8, length=9)["input_ids"].cpu()]
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-2, report_to=[],
+        use_cpu=True, save_strategy="no",
+    )  # fmt: skip
+    Trainer(model=model, args=args, train_dataset=dataset, callbacks=[update_rank_callback(recorder, every=2)]).train()
+    assert recorder.steps == [2, 4] and len(recorder.layers) == 3
+    p, h = model.model.layers[0].mlp.up_proj.weight.shape
+    assert all(0 < rank <= min(p, h) for row in recorder.ranks for rank in row)
+    assert all(norm > 0 for row in recorder.norms for norm in row)
+    recorder.plot(tmp_path / "ranks.png")
+    assert (tmp_path / "ranks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
