@@ -3,6 +3,7 @@
     peft-grow plan MODEL [--layers 0,1,2 | --layers all] [--k 2] [--mode freeze|train] [--dtype bfloat16]
     peft-grow inspect ADAPTER_DIR
     peft-grow merge BASE ADAPTER OUT [--layout pad|per-layer] [--dtype ...] [--overwrite]
+    peft-grow rank-layers MODEL TEXT [--top 10] [--method pilot|gradient] [--steps 30] [--lr 1e-4]
 
 Structure: every command is a function registered on `app` with `@app.command()`, whose body runs inside
 `user_errors()`: a user error (a missing or unreadable file, a bad value, an architecture that cannot be grown)
@@ -43,7 +44,8 @@ USER_ERRORS = (ValueError, UnsupportedArchitectureError, GrowCheckpointError, OS
 
 app = typer.Typer(
     name="peft-grow",
-    help="Grow, Don't Overwrite (arXiv 2603.08647): plan, inspect and merge grown PEFT adapters.\n\n"
+    help="Grow, Don't Overwrite (arXiv 2603.08647): plan, inspect and merge grown PEFT adapters, and rank the "
+    "layers to grow.\n\n"
     "Exit codes: 0 success, 1 inconsistent adapter (inspect), 2 bad input or unreadable files.",
     no_args_is_help=True,
     add_completion=False,
@@ -299,6 +301,72 @@ def print_plan(costs: PlanCosts, console: Console) -> None:
     )
     console.print(Text("Assumptions:"))
     console.print(bullets(costs.assumptions))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# rank-layers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class Ranking(StrEnum):
+    pilot = "pilot"
+    gradient = "gradient"
+
+
+@app.command("rank-layers")
+def rank_layers(
+    model: Annotated[str, typer.Argument(help="A local model folder, or a Hub id (needs network).", metavar="MODEL")],
+    text: Annotated[str, typer.Argument(help="A UTF-8 text file of the new task, to fine-tune the pilot on.")],
+    top: Annotated[int, typer.Option(min=1, help="How many layers to select.")] = 10,
+    method: Annotated[
+        Ranking, typer.Option(help="pilot: the paper's short plain fine-tune; gradient: gradient statistics only.")
+    ] = Ranking.pilot,
+    steps: Annotated[int, typer.Option(min=1, help="Pilot steps (or gradient batches).")] = 30,
+    lr: Annotated[float, typer.Option(help="Pilot learning rate (AdamW).")] = 1e-4,
+    batch: Annotated[int, typer.Option(min=1, help="Sequences per step.")] = 8,
+    seq_len: Annotated[int, typer.Option(min=2, help="Tokens per sequence.")] = 256,
+    seed: Annotated[int, typer.Option(help="Random seed of the batch order.")] = 0,
+) -> None:
+    """Rank MODEL's layers by how much fine-tuning on TEXT changes their MLPs; print the top ones as
+    GrowConfig(layers=...) takes them (paper section 4.2)."""
+    import torch
+    import transformers
+
+    from .selection import gradient_ranking, pilot_ranking, top_layers
+
+    quiet_libraries()
+    console = make_console()
+    with user_errors():
+        if not os.path.isfile(text):
+            raise FileNotFoundError(f"{text}: no such file (expected a UTF-8 text file of the new task).")
+        tokenizer = transformers.AutoTokenizer.from_pretrained(model)
+        with open(text, encoding="utf-8") as handle:
+            ids = torch.tensor(tokenizer(handle.read())["input_ids"])
+        windows = ids[: len(ids) // seq_len * seq_len].view(-1, seq_len)
+        if len(windows) < batch:
+            raise ValueError(
+                f"{text} holds {len(ids):,} tokens, fewer than one batch of {batch} x {seq_len}; use a longer text "
+                "or lower --batch / --seq-len."
+            )
+        architecture = transformers.AutoConfig.from_pretrained(model).architectures[0]
+        network = getattr(transformers, architecture).from_pretrained(model, dtype="auto")
+        generator = torch.Generator().manual_seed(seed)
+        batches = []
+        for _ in range(steps):
+            rows = windows[torch.randint(len(windows), (batch,), generator=generator)]
+            batches.append({"input_ids": rows, "labels": rows})
+        if method == Ranking.pilot:
+            scores = pilot_ranking(network, batches, steps=steps, lr=lr)
+        else:
+            scores = gradient_ranking(network, batches)
+    table = Table(box=None, pad_edge=False, padding=(0, 2), header_style="bold")
+    for column, justify in (("rank", "right"), ("layer", "right"), ("stack", "left"), ("score", "right")):
+        table.add_column(column, justify=justify)
+    for rank, (stack, index) in enumerate(scores.ranked(), start=1):
+        table.add_row(str(rank), str(index), stack, f"{scores.scores[(stack, index)]:.4g}")
+    console.print(table)
+    console.print()
+    console.print(Text(f"GrowConfig(layers={top_layers(scores, top)})"))
 
 
 # ---------------------------------------------------------------------------------------------------------------

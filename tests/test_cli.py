@@ -306,7 +306,7 @@ def test_inspect_unreadable_inputs(capsys, files, tmp_path):
 # -- help and usage --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [[], ["plan"], ["inspect"], ["merge"]])
+@pytest.mark.parametrize("command", [[], ["plan"], ["inspect"], ["merge"], ["rank-layers"]])
 def test_help_for_every_command(capsys, command):
     code, out, _ = run(capsys, *command, "--help")
     assert code == 0
