@@ -16,7 +16,6 @@ Exit codes: 0 success; 1 `inspect` found an inconsistent adapter; 2 bad input (u
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import warnings
@@ -406,7 +405,7 @@ def merge(
     from peft import PeftModel
 
     from .config import GrowConfig
-    from .export import save_merged
+    from .export import SHAPES_KEY, save_merged
 
     quiet_libraries()
     console = make_console()
@@ -440,7 +439,8 @@ def merge(
         )
         steps.update(step, advance=1)
     size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out) if f.endswith(".safetensors"))
-    load = f"peft_grow.load_merged({out!r})" if _is_per_layer(out) else f"{architecture}.from_pretrained({out!r})"
+    per_layer = hasattr(merged.config, SHAPES_KEY)
+    load = f"peft_grow.load_merged({out!r})" if per_layer else f"{architecture}.from_pretrained({out!r})"
     console.print(
         key_values(
             [
@@ -453,13 +453,6 @@ def merge(
             ]
         )
     )
-
-
-def _is_per_layer(folder: str) -> bool:
-    from .export import SHAPES_KEY
-
-    with open(os.path.join(folder, "config.json")) as handle:
-        return SHAPES_KEY in json.load(handle)
 
 
 # ---------------------------------------------------------------------------------------------------------------

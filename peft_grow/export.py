@@ -32,7 +32,7 @@ from transformers import AutoConfig
 from .architectures import linear_shape, plan_growth, resolve_layout
 from .cards import write_merged_card
 from .config import GrowConfig
-from .layer import interleave, set_projection
+from .layer import interleave, linear_layout, set_projection
 
 LAYOUTS = ("pad", "per-layer")
 SHAPES_KEY = "peft_grow_shapes"  # config attribute of a per-layer checkpoint: module name -> [in, out]
@@ -145,17 +145,17 @@ def _pad_mlp(model: nn.Module, mlp, width: int) -> None:
         return
     for name in mlp.up:
         module = model.get_submodule(name)
-        weight = module.weight.t() if _is_conv1d(module) else module.weight
+        weight = linear_layout(module.weight, _is_conv1d(module))
         rows = weight.new_zeros(mlp.chunks * extra, weight.shape[1])
         padded = interleave(weight, rows, mlp.chunks, dim=0)
         bias = None
         if module.bias is not None:
             bias = nn.Parameter(interleave(module.bias, module.bias.new_zeros(mlp.chunks * extra), mlp.chunks, dim=0))
-        set_projection(module, _parameter(padded.t() if _is_conv1d(module) else padded, module.weight), bias)
+        set_projection(module, _parameter(linear_layout(padded, _is_conv1d(module)), module.weight), bias)
     module = model.get_submodule(mlp.down)
-    weight = module.weight.t() if _is_conv1d(module) else module.weight
+    weight = linear_layout(module.weight, _is_conv1d(module))
     padded = torch.cat([weight, weight.new_zeros(weight.shape[0], extra)], dim=1)
-    set_projection(module, _parameter(padded.t() if _is_conv1d(module) else padded, module.weight), None)
+    set_projection(module, _parameter(linear_layout(padded, _is_conv1d(module)), module.weight), None)
 
 
 def _parameter(value: torch.Tensor, like: nn.Parameter) -> nn.Parameter:

@@ -111,11 +111,10 @@ class GrowLayer(BaseTunerLayer):
 
     # -- layouts: new tensors are built in Linear layout [out, in] and stored in the base module's layout --
     def _linear_weight(self) -> torch.Tensor:
-        weight = self.get_base_layer().weight
-        return weight.t() if self.conv1d else weight
+        return linear_layout(self.get_base_layer().weight, self.conv1d)
 
-    def _native(self, linear_layout: torch.Tensor) -> torch.Tensor:
-        return linear_layout.t().contiguous() if self.conv1d else linear_layout.contiguous()
+    def _native(self, tensor: torch.Tensor) -> torch.Tensor:
+        return linear_layout(tensor, self.conv1d).contiguous()
 
     def _add_parameter(self, store: nn.ParameterDict, adapter_name: str, value: torch.Tensor | None) -> None:
         if value is not None:
@@ -277,8 +276,8 @@ class GrowUpLayer(nn.Module, GrowLayer):
         dtype = base.weight.dtype
         weight = self._linear_weight()
         if adapter_name in self.grow_delta_weight:
-            weight = weight + _linear(self.grow_delta_weight[adapter_name], self.conv1d).to(dtype)
-        new_weight = _linear(self.grow_new_weight[adapter_name], self.conv1d).to(dtype)
+            weight = weight + linear_layout(self.grow_delta_weight[adapter_name], self.conv1d).to(dtype)
+        new_weight = linear_layout(self.grow_new_weight[adapter_name], self.conv1d).to(dtype)
         merged = self._native(interleave(weight, new_weight, settings.chunks, dim=0))
         if base.bias is None:
             return merged, None
@@ -355,11 +354,12 @@ class GrowDownLayer(nn.Module, GrowLayer):
             merged = (weight / k).repeat(1, k)
         else:
             first = weight / k if settings.init == "copy" else weight
-            merged = torch.cat([first, _linear(self.grow_new_weight[adapter_name], self.conv1d).to(dtype)], dim=1)
+            merged = torch.cat([first, linear_layout(self.grow_new_weight[adapter_name], self.conv1d).to(dtype)], dim=1)
         if adapter_name in self.grow_noise:
-            merged = merged + _linear(self.grow_noise[adapter_name], self.conv1d).to(dtype)
+            merged = merged + linear_layout(self.grow_noise[adapter_name], self.conv1d).to(dtype)
         return self._native(merged), None if base.bias is None else base.bias
 
 
-def _linear(native: torch.Tensor, conv1d: bool) -> torch.Tensor:
-    return native.t() if conv1d else native
+def linear_layout(tensor: torch.Tensor, conv1d: bool) -> torch.Tensor:
+    """A weight in nn.Linear's [out, in] layout from a Conv1D's [in, out] one, or back (a transposed view)."""
+    return tensor.t() if conv1d else tensor

@@ -126,11 +126,8 @@ class GrowModel(BaseTuner):
     def growth_summary(self) -> GrowthSummary:
         """Base, added and trainable parameter counts (shared tensors, e.g. tied embeddings, counted once)."""
         adapter_keys = _get_tuner_state_dict_key_prefixes(self.model)
-        seen, base, added, trainable = set(), 0, 0, 0
-        for name, param in self.model.named_parameters(remove_duplicate=True):
-            if id(param) in seen:
-                continue
-            seen.add(id(param))
+        base, added, trainable = 0, 0, 0
+        for name, param in self.model.named_parameters():  # each shared tensor once (tied embeddings)
             is_new = bool(_filter_state_dict_by_key_prefixes({name: None}, adapter_keys))
             added += param.numel() if is_new else 0
             base += 0 if is_new else param.numel()
