@@ -97,6 +97,7 @@ class GrowLayer(BaseTunerLayer):
     def __init__(self, base_layer: nn.Module) -> None:
         if not isinstance(base_layer, (nn.Linear, Conv1D)):
             raise TypeError(f"peft-grow wraps nn.Linear or Conv1D modules, got {type(base_layer).__name__}.")
+        refuse_partitioned(base_layer)
         self.base_layer = base_layer
         self.conv1d = isinstance(base_layer, Conv1D)
         self.grow_new_weight = nn.ParameterDict()
@@ -358,6 +359,20 @@ class GrowDownLayer(nn.Module, GrowLayer):
         if adapter_name in self.grow_noise:
             merged = merged + linear_layout(self.grow_noise[adapter_name], self.conv1d).to(dtype)
         return self._native(merged), None if base.bias is None else base.bias
+
+
+def refuse_partitioned(module: nn.Module) -> None:
+    """Growth copies pretrained rows, so it needs whole weights: refuse a DeepSpeed ZeRO-3 partitioned one."""
+    weight = module.weight
+    if getattr(weight, "ds_id", None) is None:  # the attribute DeepSpeed gives every ZeRO-3 parameter
+        return
+    raise RuntimeError(
+        f"Cannot grow a {type(module).__name__} whose weight (full shape {tuple(getattr(weight, 'ds_shape', ()))}) "
+        f"is partitioned by DeepSpeed ZeRO-3: this process holds {weight.numel()} of its values, and growth copies "
+        "whole rows. Grow the model before DeepSpeed partitions it: load it and call get_peft_model before creating "
+        "the TrainingArguments / SFTConfig that name the ZeRO-3 config (transformers then loads without zero.Init), "
+        "and pass the grown model to the trainer; DeepSpeed partitions the new weights with the rest. Or use FSDP2."
+    )
 
 
 def linear_layout(tensor: torch.Tensor, conv1d: bool) -> torch.Tensor:

@@ -178,3 +178,11 @@ def test_foreign_safetensors_file_is_refused(adapter_dir):
     )
     with pytest.raises(GrowCheckpointError, match="not a peft-grow adapter"):
         GrowConfig.from_pretrained(adapter_dir / "adapter")
+
+
+def test_zero3_partitioned_weight_is_refused_with_the_way_out():
+    model = tiny_model("llama")
+    weight = model.model.layers[1].mlp.up_proj.weight
+    weight.ds_id, weight.ds_shape = 7, tuple(weight.shape)  # what DeepSpeed ZeRO-3 attaches to a partitioned weight
+    with pytest.raises(RuntimeError, match=r"partitioned by DeepSpeed ZeRO-3.*before creating the TrainingArguments"):
+        get_peft_model(model, GrowConfig(layers=[1]))
