@@ -1,11 +1,13 @@
 """Fine-tune a causal LM with TRL's SFTTrainer: growth (G-Freeze, G-Train), full fine-tuning or LoRA, one flag apart.
 
-Before and after training it measures the loss on a reference text of the model's original domain (the
-original-capability proxy; its rise is forgetting) and prints both. Real use, on a GPU:
+Before and after training it measures what the model already knew: the loss on a reference text of its
+original domain (--reference; its rise is forgetting) and, with --retention-tasks, zero-shot accuracy on the
+lm-eval tasks shipped with peft-grow, read from local files (--data-dir; docs/evaluation.md). Real use, on a GPU:
 
     python examples/sft_trl.py --model google/gemma-3-1b-pt --dataset allenai/math_qa \\
         --prompt-template "Problem: {Problem}\\nOptions: {options}\\nAnswer:" --completion-template " {correct}" \\
-        --method grow-freeze --layers 0-9 --lr 1e-4 --steps 1000 --bf16 --reference wiki.txt --output out/grow
+        --method grow-freeze --layers 0-9 --lr 1e-4 --steps 1000 --bf16 --reference wiki.txt \\
+        --retention-tasks winogrande,arc_easy --data-dir ../shared/data/tasks --output out/grow
     python examples/sft_trl.py ... --method lora --lr 2e-4       # the same run with LoRA (r=16, all linear layers)
 
 --dataset takes a Hub id or a local .json/.jsonl/.csv/.parquet file. Without templates, the dataset must already
@@ -18,7 +20,6 @@ shipped stories260K model and tiny Shakespeare, a few seconds on CPU):
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import torch
@@ -28,8 +29,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 from peft_grow import GrowConfig
+from peft_grow.evaluation import reference_loss, retention
 
 DATA = Path(__file__).resolve().parent / "data"
+TEST_TASKS = Path(__file__).resolve().parents[1] / "tests" / "data" / "tasks"  # small slices in the original formats
 METHODS = ("grow-freeze", "grow-train", "full", "lora")
 
 
@@ -75,18 +78,6 @@ def load_training_data(args) -> Dataset:
     return data
 
 
-@torch.no_grad()
-def reference_loss(model, tokenizer, text: str, length: int, windows: int = 32) -> float:
-    """Mean next-token loss (nats) over up to `windows` non-overlapping windows of a reference text."""
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
-    chunks = ids[: len(ids) // length * length].view(-1, length)[:windows].to(model.device)
-    was_training = model.training
-    model.eval()
-    losses = [model(input_ids=chunk[None], labels=chunk[None]).loss.item() for chunk in chunks]
-    model.train(was_training)
-    return sum(losses) / len(losses) if losses else math.nan
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="Hub id or local folder of the base model")
@@ -106,11 +97,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (new weights stay float32)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--reference", type=Path, help="text of the original domain: its loss is the forgetting proxy")
+    parser.add_argument("--retention-tasks", help="comma-separated packaged lm-eval tasks, e.g. winogrande,arc_easy")
+    parser.add_argument("--data-dir", type=Path, help="folder of the retention tasks' local files")
+    parser.add_argument("--retention-limit", type=int, help="documents per retention task (default: all)")
     parser.add_argument("--output", type=Path, default=Path("sft-output"))
     parser.add_argument("--smoke", action="store_true", help="offline run on the shipped stories260K (seconds, CPU)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.model, args.reference = str(DATA / "stories260K"), DATA / "stories260K_samples.txt"
+        if args.retention_tasks and not args.data_dir:
+            args.data_dir, args.retention_limit = TEST_TASKS, args.retention_limit or 8
         args.steps, args.batch, args.max_length, args.lr = 5, 4, 64, 1e-3
     elif not (args.model and args.dataset):
         parser.error("--model and --dataset are required (or --smoke)")
@@ -118,7 +114,18 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if args.bf16 else torch.float32)
     reference = args.reference.read_text() if args.reference else None
-    before = reference_loss(model, tokenizer, reference, min(args.max_length, 256)) if reference else None
+    tasks = args.retention_tasks.split(",") if args.retention_tasks else []
+
+    def original_capability(network) -> dict:
+        """The forgetting proxies: reference-text loss (nats) and retention accuracy per task."""
+        found = {}
+        if reference:
+            found["reference loss"] = reference_loss(network, tokenizer, reference, seq_len=128, max_windows=32)
+        if tasks:
+            found |= retention(network, tokenizer, tasks, data_dir=args.data_dir, limit=args.retention_limit)
+        return found
+
+    before = original_capability(model)
     training = SFTConfig(
         output_dir=str(args.output),
         max_steps=args.steps,
@@ -140,13 +147,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     trainer.train()
     trainer.save_model()  # an adapter (new weights only) for growth and LoRA, the whole model for full FT
-    result = {"method": args.method, "output": str(args.output)}
-    if reference:
-        after = reference_loss(trainer.model, tokenizer, reference, min(args.max_length, 256))
-        result.update(reference_before=before, reference_after=after)
-        print(f"{args.method}: reference loss {before:.3f} -> {after:.3f} ({after - before:+.3f} nats)")
+    after = original_capability(trainer.model)
+    for measure in before:
+        print(f"{args.method}: {measure} {before[measure]:.3f} -> {after[measure]:.3f}")
     print(f"saved to {args.output}")
-    return result
+    return {"method": args.method, "output": str(args.output), "before": before, "after": after}
 
 
 if __name__ == "__main__":

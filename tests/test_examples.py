@@ -27,13 +27,19 @@ def test_help(name):
 @pytest.mark.parametrize("method", ["grow-freeze", "grow-train", "full", "lora"])
 def test_sft_trl_smoke_trains_and_saves(tmp_path, method):
     result = load("sft_trl").main(["--smoke", "--method", method, "--output", str(tmp_path)])
-    assert result["reference_after"] != result["reference_before"]  # training moved the model
+    assert result["after"]["reference loss"] != result["before"]["reference loss"]  # training moved the model
     if method == "full":
         assert (tmp_path / "model.safetensors").is_file()
     else:
         adapter = load_file(tmp_path / "adapter_model.safetensors")
         marker = "lora_" if method == "lora" else ".grow_"
         assert adapter and all(marker in key for key in adapter)
+
+
+def test_sft_trl_measures_retention_with_the_packaged_lm_eval_tasks(tmp_path):
+    arguments = ["--smoke", "--retention-tasks", "winogrande", "--output", str(tmp_path)]
+    result = load("sft_trl").main(arguments)
+    assert 0.0 <= result["before"]["winogrande"] <= 1.0 and 0.0 <= result["after"]["winogrande"] <= 1.0
 
 
 def test_layers_argument():
