@@ -280,13 +280,18 @@ class GrowUpLayer(nn.Module, GrowLayer):
                 bias = bias + self.grow_delta_bias[name]
         new_weight, new_bias = self.grow_new_weight[name], self.grow_new_bias.get(name)
         flat = x.reshape(-1, x.shape[-1])
-        p, wide = linear_shape(base)[1] // chunks, linear_shape(base)[1] + new_weight.numel() // flat.shape[-1]
-        out = flat.new_empty(flat.shape[0], wide).view(flat.shape[0], chunks, -1)  # per chunk: [original | new]
-        for i, (w, b, nw, nb) in enumerate(
-            zip(*(_chunks(t, chunks, self.conv1d) for t in (weight, bias, new_weight, new_bias)), strict=True)
-        ):
-            _project_into(out[:, i, :p], flat, w, b, self.conv1d)
-            _project_into(out[:, i, p:], flat, nw, nb, self.conv1d)
+        original_width = linear_shape(base)[1]
+        p, wide = original_width // chunks, original_width + new_weight.numel() // flat.shape[-1]
+        out = flat.new_empty(flat.shape[0], wide)
+        if chunks == 1:  # [original | new]; the common case, kept free of per-chunk bookkeeping (decode is tiny)
+            _project_into(out[:, :p], flat, weight, bias, self.conv1d)
+            _project_into(out[:, p:], flat, new_weight, new_bias, self.conv1d)
+        else:  # per chunk: [original | new]
+            blocks = out.view(flat.shape[0], chunks, -1)
+            parts = (_chunks(t, chunks, self.conv1d) for t in (weight, bias, new_weight, new_bias))
+            for i, (w, b, nw, nb) in enumerate(zip(*parts, strict=True)):
+                _project_into(blocks[:, i, :p], flat, w, b, self.conv1d)
+                _project_into(blocks[:, i, p:], flat, nw, nb, self.conv1d)
         return out.view(*x.shape[:-1], wide)
 
     def _trained_original_rows(self, x: torch.Tensor, name: str) -> torch.Tensor:
