@@ -259,10 +259,17 @@ class GrowUpLayer(nn.Module, GrowLayer):
         return interleave(original, new.to(original.dtype), self.grow_settings[name].chunks, dim=-1)
 
     def _can_write_in_place(self, x: torch.Tensor, name: str) -> bool:
-        """Inference in one dtype: out= matmuls cannot record autograd, and autocast does not cast out= calls."""
+        """Inference in one dtype: out= matmuls cannot record autograd, and autocast does not cast out= calls.
+
+        The base layer's forward is bypassed, so a base with hooks (accelerate's offloading, say) keeps the
+        plain path, which calls it.
+        """
         if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
             return False
-        tensors = (self.get_base_layer().weight, self.grow_new_weight[name], self.grow_delta_weight.get(name))
+        base = self.get_base_layer()
+        if hasattr(base, "_hf_hook") or base._forward_hooks or base._forward_pre_hooks:
+            return False
+        tensors = (base.weight, self.grow_new_weight[name], self.grow_delta_weight.get(name))
         return all(t is None or t.dtype == x.dtype for t in tensors)
 
     def _forward_in_place(self, x: torch.Tensor, name: str) -> torch.Tensor:

@@ -53,3 +53,15 @@ def test_autocast_inference_keeps_the_casting_path():
             fast = model(**inputs).logits
         slow = model(**inputs).logits.detach()
     assert torch.equal(fast, slow)
+
+
+def test_a_hooked_base_layer_is_still_called_at_inference():
+    """A hook on the wrapped module (accelerate's offloading uses one) must run: the in-place path stands aside."""
+    model = get_peft_model(tiny_model("llama"), GrowConfig(layers=[1], init_weights=False)).eval()
+    up = grown_ups(model)[0]
+    calls = []
+    up.get_base_layer().register_forward_pre_hook(lambda module, args: calls.append(1))
+    inputs = sample_inputs(model)
+    with torch.no_grad():
+        hooked = model(**inputs).logits
+    assert calls and torch.equal(hooked, model(**inputs).logits.detach())
