@@ -30,11 +30,11 @@ new-domain loss among the full fine-tuning seeds (a level every full fine-tuning
 
     python benchmarks/forgetting.py --tiny            # smoke test: in-repository material, seconds
     python benchmarks/forgetting.py --quick           # one seed, one rate per method, 50 steps: 4.3 min
-    nice python benchmarks/forgetting.py --workers 2  # the full benchmark: 68 min
+    nice python benchmarks/forgetting.py --workers 2  # the full benchmark: 31 min
 
-Measured runtimes: --quick 4.3 min (1 worker, 24 runs); the full mode 67.8 min (--workers 2, 120 runs of 150
-steps) on 2 CPU cores shared with other jobs (load average 4 to 6). A run takes about 30 s on an idle core, so
-two idle cores should need about 30-35 min (an estimate, not measured). Results and their reading: docs/results.md.
+Measured runtimes: --quick 4.3 min (1 worker, 24 runs); the full mode 31.3 min on 2 idle CPU cores (--workers 2,
+120 runs of 150 steps; 67.8 min when other jobs shared the cores), with identical results in both runs.
+Results and their reading: docs/results.md.
 `--replot RESULTS_JSON` only redraws the figures from a saved run.
 
 Writes results.json and table.md to --out, forgetting_curves.png and forgetting_pareto.png to --figures
