@@ -8,24 +8,12 @@ import torch._dynamo as dynamo
 from conftest import DEVICE, tiny_model
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import load_file
+from scripts.train_ddp import RandomText
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 from peft_grow import GrowConfig
 
 MODEL = Path(__file__).resolve().parents[1] / "examples" / "data" / "stories260K"
-
-
-class RandomText(torch.utils.data.Dataset):
-    """Fixed random token sequences: enough for a trainer to take real steps."""
-
-    def __init__(self, rows: int = 16, length: int = 32, vocab: int = 512) -> None:
-        self.ids = torch.randint(3, vocab, (rows, length), generator=torch.Generator().manual_seed(0))
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
 def arguments(out: Path, **overrides) -> TrainingArguments:

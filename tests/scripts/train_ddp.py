@@ -22,8 +22,10 @@ MODEL = Path(__file__).resolve().parents[2] / "examples" / "data" / "stories260K
 
 
 class RandomText(torch.utils.data.Dataset):
-    def __init__(self, rows: int = 32, length: int = 32) -> None:
-        self.ids = torch.randint(3, 512, (rows, length), generator=torch.Generator().manual_seed(0))
+    """Fixed random token sequences: enough for a trainer to take real steps (tests/test_trainer.py uses it too)."""
+
+    def __init__(self, rows: int = 16, length: int = 32, vocab: int = 512) -> None:
+        self.ids = torch.randint(3, vocab, (rows, length), generator=torch.Generator().manual_seed(0))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -58,7 +60,7 @@ def main() -> None:
         seed=0,
         dataloader_num_workers=0,
     )
-    trainer = Trainer(model=model, args=training, train_dataset=RandomText())
+    trainer = Trainer(model=model, args=training, train_dataset=RandomText(rows=32))
     trainer.train()
     trainer.save_model()
     if trainer.is_world_process_zero():
