@@ -46,12 +46,24 @@ def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, co
     The input is flattened to 2-D first: a column slice of a contiguous activation (a block of the grown width)
     then stays a strided view that the matmul reads in place, instead of being copied.
     """
-    flat = x.reshape(-1, x.shape[-1])
-    if not conv1d:
-        out = F.linear(flat, weight, bias)
-    else:
-        out = torch.addmm(bias, flat, weight) if bias is not None else flat @ weight
+    out = project_2d(x.reshape(-1, x.shape[-1]), weight, bias, conv1d)
     return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def project_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv1d: bool) -> torch.Tensor:
+    """project() of a 2-D input."""
+    if not conv1d:
+        return F.linear(x, weight, bias)
+    return torch.addmm(bias, x, weight) if bias is not None else x @ weight
+
+
+def matmul_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`x` for a matmul with weights of `dtype`: cast, except under autocast, which casts matmul inputs itself.
+
+    With PEFT's float32 new weights on a bfloat16 model under autocast, casting first would copy every
+    activation to float32 only for autocast to cast it back (bit-identical, but two wasted passes).
+    """
+    return x if torch.is_autocast_enabled(x.device.type) else x.to(dtype)
 
 
 def interleave(original: torch.Tensor, new: torch.Tensor, chunks: int, dim: int) -> torch.Tensor:
@@ -120,6 +132,15 @@ class GrowLayer(BaseTunerLayer):
     def _add_parameter(self, store: nn.ParameterDict, adapter_name: str, value: torch.Tensor | None) -> None:
         if value is not None:
             store[adapter_name] = nn.Parameter(value.detach().clone())
+
+    def _base_is_bare(self) -> bool:
+        """Whether the wrapped module may be bypassed: one with hooks (accelerate's offloading) must be called.
+
+        `base_layer` is the nn.Linear / Conv1D itself (checked in __init__), so the inference paths read it
+        directly instead of through get_base_layer()'s unwrapping loop: decode calls them for every token.
+        """
+        base = self.base_layer
+        return not (base._forward_hooks or base._forward_pre_hooks or "_hf_hook" in base.__dict__)
 
     # -- adapters --
     def set_adapter(self, adapter_names: str | list[str], inference_mode: bool = False) -> None:
@@ -255,50 +276,52 @@ class GrowUpLayer(nn.Module, GrowLayer):
         else:
             original = self._trained_original_rows(x, name)
         new_weight = self.grow_new_weight[name]
-        new = project(x.to(new_weight.dtype), new_weight, self.grow_new_bias.get(name), self.conv1d)
+        new = project(matmul_input(x, new_weight.dtype), new_weight, self.grow_new_bias.get(name), self.conv1d)
         return interleave(original, new.to(original.dtype), self.grow_settings[name].chunks, dim=-1)
 
     def _can_write_in_place(self, x: torch.Tensor, name: str) -> bool:
-        """Inference in one dtype: out= matmuls cannot record autograd, and autocast does not cast out= calls.
-
-        The base layer's forward is bypassed, so a base with hooks (accelerate's offloading, say) keeps the
-        plain path, which calls it.
-        """
-        if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
+        """Inference in one dtype: out= matmuls cannot record autograd, and autocast does not cast out= calls."""
+        if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type) or not self._base_is_bare():
             return False
-        base = self.get_base_layer()
-        if hasattr(base, "_hf_hook") or base._forward_hooks or base._forward_pre_hooks:
-            return False
-        tensors = (base.weight, self.grow_new_weight[name], self.grow_delta_weight.get(name))
-        return all(t is None or t.dtype == x.dtype for t in tensors)
+        delta = self.grow_delta_weight.get(name)
+        return (
+            self.base_layer.weight.dtype == x.dtype
+            and self.grow_new_weight[name].dtype == x.dtype
+            and (delta is None or delta.dtype == x.dtype)
+        )
 
     def _forward_in_place(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """The grown output without concatenating: each matmul writes its block of one preallocated output.
 
         Computing the original and the new rows separately and concatenating them costs a copy of the whole
         wide activation (17% of an unmerged prefill in the profiler); a block of columns of the output is a
-        strided matrix that the matmul writes in place instead.
+        strided matrix that the matmul writes in place instead. Decode runs this per token on a handful of rows,
+        where Python overhead is a sizeable share of the time: hence `narrow`, not indexing, and no per-chunk
+        bookkeeping when there is one chunk.
         """
-        base, chunks = self.get_base_layer(), self.grow_settings[name].chunks
+        base, chunks, conv1d = self.base_layer, self.grow_settings[name].chunks, self.conv1d
         weight, bias = base.weight, base.bias
-        if name in self.grow_delta_weight:  # G-Train: the trained original rows are W + delta
-            weight = weight + self.grow_delta_weight[name]
-            if bias is not None and name in self.grow_delta_bias:
-                bias = bias + self.grow_delta_bias[name]
+        delta = self.grow_delta_weight.get(name)
+        if delta is not None:  # G-Train: the trained original rows are W + delta
+            weight = weight + delta
+            delta_bias = self.grow_delta_bias.get(name)
+            if bias is not None and delta_bias is not None:
+                bias = bias + delta_bias
         new_weight, new_bias = self.grow_new_weight[name], self.grow_new_bias.get(name)
         flat = x.reshape(-1, x.shape[-1])
-        original_width = linear_shape(base)[1]
-        p, wide = original_width // chunks, original_width + new_weight.numel() // flat.shape[-1]
+        original_width = weight.shape[-1 if conv1d else 0]
+        wide = original_width + new_weight.shape[-1 if conv1d else 0]
         out = flat.new_empty(flat.shape[0], wide)
-        if chunks == 1:  # [original | new]; the common case, kept free of per-chunk bookkeeping (decode is tiny)
-            _project_into(out[:, :p], flat, weight, bias, self.conv1d)
-            _project_into(out[:, p:], flat, new_weight, new_bias, self.conv1d)
+        if chunks == 1:  # [original | new]
+            _project_into(out.narrow(1, 0, original_width), flat, weight, bias, conv1d)
+            _project_into(out.narrow(1, original_width, wide - original_width), flat, new_weight, new_bias, conv1d)
         else:  # per chunk: [original | new]
+            p = original_width // chunks
             blocks = out.view(flat.shape[0], chunks, -1)
-            parts = (_chunks(t, chunks, self.conv1d) for t in (weight, bias, new_weight, new_bias))
+            parts = (_chunks(t, chunks, conv1d) for t in (weight, bias, new_weight, new_bias))
             for i, (w, b, nw, nb) in enumerate(zip(*parts, strict=True)):
-                _project_into(blocks[:, i, :p], flat, w, b, self.conv1d)
-                _project_into(blocks[:, i, p:], flat, nw, nb, self.conv1d)
+                _project_into(blocks[:, i, :p], flat, w, b, conv1d)
+                _project_into(blocks[:, i, p:], flat, nw, nb, conv1d)
         return out.view(*x.shape[:-1], wide)
 
     def _trained_original_rows(self, x: torch.Tensor, name: str) -> torch.Tensor:
@@ -312,7 +335,7 @@ class GrowUpLayer(nn.Module, GrowLayer):
         bias = base.bias
         if bias is not None and name in self.grow_delta_bias:
             bias = bias.to(delta.dtype) + self.grow_delta_bias[name]
-        out = project(x.to(delta.dtype), base.weight.to(delta.dtype) + delta, bias, self.conv1d)
+        out = project(matmul_input(x, delta.dtype), base.weight.to(delta.dtype) + delta, bias, self.conv1d)
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else base.weight.dtype
         return out.to(dtype)
@@ -370,27 +393,36 @@ class GrowDownLayer(nn.Module, GrowLayer):
         name = self._active_grown()
         if name is None:
             return self.base_layer(x, *args, **kwargs)
-        settings, base = self.grow_settings[name], self.get_base_layer()
-        p = x.shape[-1] // settings.k
+        settings = self.grow_settings[name]
         if settings.mean_down:
-            out = self.base_layer(x.unflatten(-1, (settings.k, p)).mean(dim=-2))
+            out = self.base_layer(x.unflatten(-1, (settings.k, -1)).mean(dim=-2))
         else:
-            # copy init: block 0 is W/k, applied as (x0 @ W + b) / k, and the new blocks add b(k-1)/k: with k a
-            # power of two both halves round exactly like the base layer's own fused x0 @ W + b. zero init: block 0
-            # is W itself.
-            share = 1.0 / settings.k if settings.init == "copy" else 1.0
-            bias = base.bias
-            out = project(x[..., :p], base.weight, bias, self.conv1d)
-            if share != 1.0:
-                out = out * share
-            new_weight = self.grow_new_weight[name]
-            rest_bias = None if bias is None or share == 1.0 else (bias * (1.0 - share)).to(new_weight.dtype)
-            new = project(x[..., p:].to(new_weight.dtype), new_weight, rest_bias, self.conv1d)
-            out = out + new.to(out.dtype)
+            out = self._blockwise(x, name, settings)
         if name in self.grow_noise:
             noise = self.grow_noise[name]
-            out = out + project(x.to(noise.dtype), noise, None, self.conv1d).to(out.dtype)
+            out = out + project(matmul_input(x, noise.dtype), noise, None, self.conv1d).to(out.dtype)
         return out
+
+    def _blockwise(self, x: torch.Tensor, name: str, settings: GrowSettings) -> torch.Tensor:
+        """Block 0 through W_down (times 1/k for copy init), the other blocks through the new columns.
+
+        copy init: block 0 is W/k, applied as (x0 @ W + b) / k, and the new blocks add b(k-1)/k: with k a power of
+        two both halves round exactly like the base layer's own fused x0 @ W + b. zero init: block 0 is W itself.
+        Blocks are `narrow`ed column views of the 2-D activation, read in place by the matmuls.
+        """
+        base, conv1d = self.base_layer, self.conv1d
+        flat = x.reshape(-1, x.shape[-1])
+        p = flat.shape[1] // settings.k
+        share = 1.0 / settings.k if settings.init == "copy" else 1.0
+        bias = base.bias
+        out = project_2d(flat.narrow(1, 0, p), base.weight, bias, conv1d)
+        if share != 1.0:
+            out = out * share
+        new_weight = self.grow_new_weight[name]
+        rest_bias = None if bias is None or share == 1.0 else (bias * (1.0 - share)).to(new_weight.dtype)
+        rest = matmul_input(flat.narrow(1, p, flat.shape[1] - p), new_weight.dtype)
+        out = out + project_2d(rest, new_weight, rest_bias, conv1d).to(out.dtype)
+        return out.view(*x.shape[:-1], out.shape[-1])
 
     def _merged_tensors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         settings, base = self.grow_settings[adapter_name], self.get_base_layer()

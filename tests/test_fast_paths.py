@@ -5,8 +5,9 @@ import torch
 import torch._dynamo as dynamo
 from conftest import DEVICE, sample_inputs, tiny_model
 from peft import get_peft_model
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from peft_grow import GrowConfig, GrowUpLayer
+from peft_grow import GrowConfig, GrowDownLayer, GrowUpLayer
 
 
 def grown_ups(model) -> list[GrowUpLayer]:
@@ -65,3 +66,36 @@ def test_a_hooked_base_layer_is_still_called_at_inference():
     with torch.no_grad():
         hooked = model(**inputs).logits
     assert calls and torch.equal(hooked, model(**inputs).logits.detach())
+
+
+class UpcastRecorder(TorchDispatchMode):
+    """Records the shapes of the tensors that are cast from bfloat16 to float32."""
+
+    def __init__(self):
+        super().__init__()
+        self.upcast = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        upcast = func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.float32
+        if upcast and args[0].dtype == torch.bfloat16:
+            self.upcast.append(tuple(args[0].shape))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["freeze", "train"])
+def test_autocast_training_does_not_upcast_activations(mode):
+    """A bfloat16 model with PEFT's float32 new weights, trained under autocast: autocast casts the weights for
+    each matmul, and no activation is copied to float32 on the way, forward or backward."""
+    model = get_peft_model(tiny_model("llama", dtype=torch.bfloat16), GrowConfig(mode=mode, symmetry_noise=0.01))
+    for layer in model.modules():
+        if not isinstance(layer, (GrowUpLayer, GrowDownLayer)):
+            continue
+        width = layer.base_layer.in_features * (2 if isinstance(layer, GrowDownLayer) else 1)
+        x = torch.randn(3, 7, width, dtype=torch.bfloat16, device=DEVICE, requires_grad=True)
+        with UpcastRecorder() as recorder:
+            with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+                out = layer(x)
+            out.square().sum().backward()
+        assert x.grad is not None
+        assert not [shape for shape in recorder.upcast if shape[:2] == (3, 7) or shape[0] == 21], type(layer)

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from test_training import train
 from transformers import AutoModelForCausalLM
 
-from peft_grow import GrowConfig
+from peft_grow import GrowConfig, GrowUpLayer
 
 # name -> (architecture, dtype, config)
 CASES = {
@@ -110,3 +110,22 @@ def test_loading_in_process_with_low_cpu_mem_usage(saved):
     model = PeftModel.from_pretrained(base, root / name / "adapter", low_cpu_mem_usage=True)
     inputs = sample_inputs(model)
     assert torch.equal(logits(model, inputs).cpu(), expected[name])
+
+
+@pytest.mark.parametrize("name", ["llama-bf16-train-noise", "phi3-bf16-freeze-zero"])
+def test_loading_for_bf16_inference_keeps_the_new_weights_in_bf16(saved, name):
+    """PeftModel.from_pretrained(..., autocast_adapter_dtype=False): the saved float32 new weights load in the
+    base's bfloat16, so inference runs every matmul in bfloat16 on the in-place path (docs/performance.md)."""
+    root, expected, _, _ = saved
+    base = AutoModelForCausalLM.from_pretrained(root / name / "base", dtype=torch.bfloat16).to(DEVICE)
+    model = PeftModel.from_pretrained(base, root / name / "adapter", autocast_adapter_dtype=False)
+    new = {n: p for n, p in model.named_parameters() if ".grow_" in n}
+    assert new and all(p.dtype == torch.bfloat16 for p in new.values())
+    inputs = sample_inputs(model)
+    with torch.no_grad():
+        for up in (m for m in model.modules() if isinstance(m, GrowUpLayer)):
+            x = torch.ones(1, up.base_layer.in_features, dtype=torch.bfloat16, device=DEVICE)
+            assert up._can_write_in_place(x, "default")
+    close = logits(model, inputs).float().cpu()
+    reference = expected[name].float()
+    assert (close - reference).abs().max() <= 0.05 * reference.abs().max()  # bf16 rounding of the new weights
