@@ -8,21 +8,31 @@ Training variants, each from the same random base model and the same batch:
   g-train        G-Train, k=2, every layer
   wide-ref       the reference that bounds what growth can cost: the merged, equally wide plain model (every MLP
                  k=2 times wider) with its MLP weights trainable and everything else frozen
-Inference: the base model, the grown model with its adapter unmerged, and merged; prefill (a forward pass over
-the batch) and decode (one token at a time from a prefilled cache).
+Inference: the base model, the grown model with its adapter unmerged, the same PeftModel after merge_adapter()
+(merged in place, adapter kept), and merged for good (merge_and_unload); prefill (a forward pass over the batch)
+and decode (one token at a time from a prefilled cache).
+
+In a half-precision setting, training runs under autocast, as Trainer(bf16=True) does, with PEFT's default
+float32 new weights (docs/training.md). Inference runs without autocast, with the new weights in the model's
+dtype, as after PeftModel.from_pretrained(..., autocast_adapter_dtype=False) or model.to(dtype); one more row
+measures the grown model with float32 new weights, PEFT's default when loading, which computes the new half of
+every grown MLP in float32.
 
 Times are medians over --repeats rounds; in each round every variant runs once, in turn, so that drift of this
-(noisy, shared) machine hits all of them alike; the spread is the interquartile range. Memory is counted exactly
+(noisy, shared) machine hits all of them alike; the spread is the interquartile range. Ratios are medians of the
+per-round ratios, so that drift between rounds cancels out of them. Memory is counted exactly
 from the tensors: weights, gradients, AdamW state, and the activations autograd saves for the backward pass
 (plus the allocator's peak on CUDA).
 
     python benchmarks/speed.py                         # CPU setting, a few minutes on 2 cores
     python benchmarks/speed.py --setting gemma3-1b     # GPU setting: Gemma3-1B shape, random weights, bf16
+    python benchmarks/speed.py --setting gemma3-1b --report docs/speed_gemma3-1b_h200.json   # saved tables
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
@@ -66,14 +76,24 @@ class Measurement:
 
     @property
     def spread(self) -> float:
-        if len(self.times) < 4:
-            return max(self.times) - min(self.times)
-        quartiles = statistics.quantiles(self.times, n=4)
-        return quartiles[2] - quartiles[0]
+        return interquartile_range(self.times)
+
+    def ratio(self, reference: Measurement) -> tuple[float, float]:
+        """(median, IQR) of the per-round ratios to `reference`, timed in the same rounds: drift between rounds
+        cancels out of each ratio."""
+        ratios = [mine / theirs for mine, theirs in zip(self.times, reference.times, strict=True)]
+        return statistics.median(ratios), interquartile_range(ratios)
 
     @property
     def total_memory(self) -> int:
         return self.weights + self.gradients + self.optimizer + self.activations
+
+
+def interquartile_range(values: list[float]) -> float:
+    if len(values) < 4:
+        return max(values) - min(values)
+    quartiles = statistics.quantiles(values, n=4)
+    return quartiles[2] - quartiles[0]
 
 
 def build_base(setting: str):
@@ -83,6 +103,13 @@ def build_base(setting: str):
     model = AutoModelForCausalLM.from_config(config).to(device=device, dtype=getattr(torch, dtype))
     ids = torch.randint(0, config.vocab_size, (batch, length), device=device)
     return model, ids
+
+
+def autocast(ids, dtype: torch.dtype):
+    """Autocast to `dtype` for a half-precision setting (how Trainer(bf16=True) runs each step), else nothing."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(ids.device.type, dtype=dtype)
 
 
 def training_variants(base) -> dict[str, torch.nn.Module]:
@@ -110,13 +137,15 @@ def tensor_bytes(tensors) -> int:
     return total
 
 
-def train_step(model, optimizer, ids) -> None:
-    model(input_ids=ids, labels=ids).loss.backward()
+def train_step(model, optimizer, ids, dtype: torch.dtype) -> None:
+    with autocast(ids, dtype):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
 
-def account_training(name: str, model, optimizer, ids) -> Measurement:
+def account_training(name: str, model, optimizer, ids, dtype: torch.dtype) -> Measurement:
     """One step with every tensor counted: weights, gradients, AdamW state, saved activations."""
     saved = []
 
@@ -127,7 +156,7 @@ def account_training(name: str, model, optimizer, ids) -> Measurement:
     device = ids.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast(ids, dtype):
         loss = model(input_ids=ids, labels=ids).loss
     params = [p for p in model.parameters() if p.requires_grad]
     measurement = Measurement(
@@ -153,21 +182,21 @@ def synchronize(device: torch.device) -> None:
 
 
 def measure_training(base, ids, repeats: int, warmup: int) -> list[Measurement]:
-    variants = training_variants(base)
+    variants, dtype = training_variants(base), base.dtype
     optimizers = {
         n: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5) for n, m in variants.items()
     }
     results = {}
     for name, model in variants.items():
         model.train()
-        results[name] = account_training(name, model, optimizers[name], ids)
+        results[name] = account_training(name, model, optimizers[name], ids, dtype)
         for _ in range(warmup):
-            train_step(model, optimizers[name], ids)
+            train_step(model, optimizers[name], ids, dtype)
     for _ in range(repeats):
         for name, model in variants.items():
             synchronize(ids.device)
             start = time.perf_counter()
-            train_step(model, optimizers[name], ids)
+            train_step(model, optimizers[name], ids, dtype)
             synchronize(ids.device)
             results[name].times.append(time.perf_counter() - start)
     return list(results.values())
@@ -175,11 +204,21 @@ def measure_training(base, ids, repeats: int, warmup: int) -> list[Measurement]:
 
 @torch.no_grad()
 def measure_inference(base, ids, repeats: int, warmup: int, decode_tokens: int) -> list[Measurement]:
-    grown = get_peft_model(copy.deepcopy(base), GrowConfig(k=2, init_weights=False))
-    merged = get_peft_model(copy.deepcopy(base), GrowConfig(k=2, init_weights=False))
+    def grow(**kwargs):
+        return get_peft_model(copy.deepcopy(base), GrowConfig(k=2, init_weights=False), **kwargs)
+
+    grown = grow(autocast_adapter_dtype=False)  # new weights in the model's dtype
+    merged = grow(autocast_adapter_dtype=False)
     merged.load_state_dict(grown.state_dict())
     merged = merged.merge_and_unload()
-    models = {"base": base, "grown (unmerged)": grown, "merged": merged}
+    switchable = grow(autocast_adapter_dtype=False)
+    switchable.load_state_dict(grown.state_dict())
+    switchable.merge_adapter()  # merged in place, adapter kept: unmerge_adapter() restores the base bit for bit
+    models = {"base": base, "grown (unmerged)": grown, "grown (merge_adapter)": switchable, "merged": merged}
+    if base.dtype != torch.float32:  # PEFT's default when loading an adapter: float32 new weights
+        upcast = grow()
+        upcast.load_state_dict(grown.state_dict())
+        models["grown (unmerged, fp32 new weights)"] = upcast
     results = {f"{name} {kind}": Measurement(f"{name} {kind}") for name in models for kind in ("prefill", "decode")}
 
     def prefill(model):
@@ -216,30 +255,32 @@ def mib(count: int) -> str:
     return f"{count / 2**20:,.1f}"
 
 
-def report(setting: str, training: list[Measurement], inference: list[Measurement], ids) -> str:
+def report(setting: str, training: list[Measurement], inference: list[Measurement], device: torch.device) -> str:
     model_type, kwargs, dtype, batch, length, _ = SETTINGS[setting]
     by_name = {m.name: m for m in training}
-    reference, full = by_name["wide-ref"].median, by_name["full"].median
+    reference, full = by_name["wide-ref"], by_name["full"]
     tokens = batch * length
+    cuda = device.type == "cuda"
     lines = [
-        f"setting {setting}: {model_type} {kwargs}, {dtype}, batch {batch} x {length} tokens, device {ids.device}",
+        f"setting {setting}: {model_type} {kwargs}, {dtype}, batch {batch} x {length} tokens, device {device}",
         "",
         "| training | step (ms, median ± IQR) | tokens/s | vs wide-ref | vs full | trainable | weights MiB "
-        "| grads MiB | AdamW MiB | activations MiB | total MiB |" + (" device peak MiB |" if ids.is_cuda else ""),
-        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if ids.is_cuda else ""),
+        "| grads MiB | AdamW MiB | activations MiB | total MiB |" + (" device peak MiB |" if cuda else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if cuda else ""),
     ]
     for m in training:
         lines.append(
             f"| {m.name} | {m.median * 1e3:.1f} ± {m.spread * 1e3:.1f} | {tokens / m.median:,.0f} "
-            f"| {m.median / reference:.2f}x | {m.median / full:.2f}x | {m.trainable:,} | {mib(m.weights)} "
+            f"| {m.ratio(reference)[0]:.2f}x | {m.ratio(full)[0]:.2f}x | {m.trainable:,} | {mib(m.weights)} "
             f"| {mib(m.gradients)} | {mib(m.optimizer)} | {mib(m.activations)} | {mib(m.total_memory)} |"
             + (f" {mib(m.device_peak)} |" if m.device_peak is not None else "")
         )
     by_name = {m.name: m for m in inference}
-    lines += ["", "| inference | time (ms, median ± IQR) | vs merged |", "|---|---|---|"]
+    lines += ["", "| inference | time (ms, median ± IQR) | vs merged (median ± IQR) |", "|---|---|---|"]
     for m in inference:
-        merged = by_name[f"merged {m.name.rsplit(' ', 1)[1]}"].median
-        lines.append(f"| {m.name} | {m.median * 1e3:.2f} ± {m.spread * 1e3:.2f} | {m.median / merged:.2f}x |")
+        ratio, spread = m.ratio(by_name[f"merged {m.name.rsplit(' ', 1)[1]}"])
+        lines.append(f"| {m.name} | {m.median * 1e3:.2f} ± {m.spread * 1e3:.2f} | {ratio:.2f}x ± {spread:.2f} |")
+    lines += ["", "Ratios are medians of per-round ratios: each round times every variant once, in turn."]
     return "\n".join(lines)
 
 
@@ -258,11 +299,19 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured steps per variant first (default 2)")
     parser.add_argument("--decode-tokens", type=int, default=16, help="tokens per decode measurement (default 16)")
     parser.add_argument("--json", help="also write the raw measurements to this file")
+    parser.add_argument("--report", metavar="JSON", help="print the tables of measurements saved with --json; no run")
     args = parser.parse_args(argv)
+    if args.report:
+        with open(args.report) as handle:
+            saved = json.load(handle)
+        training, inference = ([Measurement(**m) for m in saved[part]] for part in ("training", "inference"))
+        text = report(args.setting, training, inference, torch.device(SETTINGS[args.setting][-1]))
+        print(text)
+        return text
     warnings.filterwarnings("ignore")
     logging.set_verbosity_error()
     training, inference, ids = run(args.setting, args.repeats, args.warmup, args.decode_tokens)
-    text = report(args.setting, training, inference, ids)
+    text = report(args.setting, training, inference, ids.device)
     print(text)
     if args.json:
         with open(args.json, "w") as handle:
