@@ -20,9 +20,9 @@ every grown MLP in float32.
 
 Times are medians over --repeats rounds; in each round every variant runs once, in turn, so that drift of this
 (noisy, shared) machine hits all of them alike; the spread is the interquartile range. Ratios are medians of the
-per-round ratios, so that drift between rounds cancels out of them. Memory is counted exactly
-from the tensors: weights, gradients, AdamW state, and the activations autograd saves for the backward pass
-(plus the allocator's peak on CUDA).
+per-round ratios, so that drift between rounds cancels out of them. Memory is counted exactly from the tensors:
+weights, gradients, AdamW state, and the activations autograd saves for the backward pass (plus the allocator's
+peak on CUDA).
 
     python benchmarks/speed.py                         # CPU setting, a few minutes on 2 cores
     python benchmarks/speed.py --setting gemma3-1b     # GPU setting: Gemma3-1B shape, random weights, bf16
