@@ -110,6 +110,7 @@ class GrowLayer(BaseTunerLayer):
         if not isinstance(base_layer, (nn.Linear, Conv1D)):
             raise TypeError(f"peft-grow wraps nn.Linear or Conv1D modules, got {type(base_layer).__name__}.")
         refuse_partitioned(base_layer)
+        refuse_offloaded(base_layer)
         self.base_layer = base_layer
         self.conv1d = isinstance(base_layer, Conv1D)
         self.grow_new_weight = nn.ParameterDict()
@@ -141,6 +142,19 @@ class GrowLayer(BaseTunerLayer):
         """
         base = self.base_layer
         return not (base._forward_hooks or base._forward_pre_hooks or "_hf_hook" in base.__dict__)
+
+    def _refuse_placeholders(self, x: torch.Tensor, name: str) -> None:
+        """Raise instead of computing with meta placeholders: mixed with real inputs, F.linear and out= matmuls
+        return uninitialised memory rather than fail. accelerate's offloading leaves such placeholders."""
+        if x.is_meta:  # a forward on the meta device (shape inference) is fine
+            return
+        new_weight = self.grow_new_weight.get(name)
+        if self.base_layer.weight.is_meta or (new_weight is not None and new_weight.is_meta):
+            raise RuntimeError(
+                f"The grown layer wrapping {type(self.base_layer).__name__} {tuple(self.base_layer.weight.shape)} "
+                "holds meta placeholders instead of weights, as accelerate's offloading leaves them. "
+                + OFFLOADING_UNSUPPORTED
+            )
 
     # -- adapters --
     def set_adapter(self, adapter_names: str | list[str], inference_mode: bool = False) -> None:
@@ -267,6 +281,8 @@ class GrowUpLayer(nn.Module, GrowLayer):
         if self.disable_adapters and self.merged:
             self.unmerge()
         name = self._active_grown()
+        if name is not None:
+            self._refuse_placeholders(x, name)
         if name is not None and self._can_write_in_place(x, name):
             return self._forward_in_place(x, name)
         if name is None or name not in self.grow_delta_weight:
@@ -393,6 +409,7 @@ class GrowDownLayer(nn.Module, GrowLayer):
         name = self._active_grown()
         if name is None:
             return self.base_layer(x, *args, **kwargs)
+        self._refuse_placeholders(x, name)
         settings = self.grow_settings[name]
         if settings.mean_down:
             out = self.base_layer(x.unflatten(-1, (settings.k, -1)).mean(dim=-2))
@@ -436,6 +453,24 @@ class GrowDownLayer(nn.Module, GrowLayer):
         if adapter_name in self.grow_noise:
             merged = merged + linear_layout(self.grow_noise[adapter_name], self.conv1d).to(dtype)
         return self._native(merged), None if base.bias is None else base.bias
+
+
+OFFLOADING_UNSUPPORTED = (
+    "Grown layers compute with the base weights and the new weights directly, so accelerate's offloading, which "
+    "keeps weights elsewhere and swaps meta placeholders in only around a module's own forward, cannot serve them. "
+    "Load the model without offloading (device_map=None, or a device_map with no 'cpu' or 'disk' entries), grow it, "
+    "and do not offload the grown model (cpu_offload, disk_offload, dispatch_model with an offloading device_map)."
+)
+
+
+def refuse_offloaded(module: nn.Module) -> None:
+    """Growth copies pretrained rows: refuse a module whose weight accelerate has offloaded (a meta placeholder)."""
+    if module.weight.is_meta and "_hf_hook" in module.__dict__:
+        raise RuntimeError(
+            f"Cannot grow a {type(module).__name__} {tuple(module.weight.shape)} whose weights are offloaded by "
+            f"accelerate: the module holds a meta placeholder, and growth copies the pretrained rows. "
+            + OFFLOADING_UNSUPPORTED
+        )
 
 
 def refuse_partitioned(module: nn.Module) -> None:

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import DEVICE, logits, tiny_model
+from conftest import DEVICE, logits, sample_inputs, tiny_model
 from peft import PeftModel, get_peft_model
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
@@ -186,3 +186,24 @@ def test_zero3_partitioned_weight_is_refused_with_the_way_out():
     weight.ds_id, weight.ds_shape = 7, tuple(weight.shape)  # what DeepSpeed ZeRO-3 attaches to a partitioned weight
     with pytest.raises(RuntimeError, match=r"partitioned by DeepSpeed ZeRO-3.*before creating the TrainingArguments"):
         get_peft_model(model, GrowConfig(layers=[1]))
+
+
+def test_offloaded_weights_are_refused_at_growth():
+    """accelerate's offloading leaves meta placeholders in the modules; growth would copy them."""
+    from accelerate import cpu_offload
+
+    model = tiny_model("llama")
+    cpu_offload(model, execution_device=DEVICE)
+    with pytest.raises(RuntimeError, match=r"offloaded by accelerate.*Load the model without offloading"):
+        get_peft_model(model, GrowConfig(layers=[1]))
+
+
+def test_offloading_a_grown_model_fails_loudly_instead_of_computing_garbage():
+    """Offloaded after growth, the new weights are meta placeholders that no hook restores; F.linear would return
+    uninitialised memory from them, so the forward raises."""
+    from accelerate import cpu_offload
+
+    model = get_peft_model(tiny_model("llama"), GrowConfig(layers=[1]))
+    cpu_offload(model, execution_device=DEVICE)
+    with pytest.raises(RuntimeError, match=r"meta placeholders.*do not offload the grown model"):
+        logits(model, sample_inputs(model))
