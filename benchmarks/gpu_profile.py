@@ -7,7 +7,7 @@ adapter unmerged, after merge_adapter(), and merged for good; new weights in the
 of kernels launched. Where wall time exceeds kernel time, the host (Python, kernel launches) is the bottleneck,
 not the GPU. Wall times are medians over rounds that run every variant once, in turn, as in speed.py.
 
-    python benchmarks/gpu_profile.py                    # Gemma3-1B shape, bf16, needs CUDA; about a minute
+    python benchmarks/gpu_profile.py                    # Gemma3-1B shape, bf16, needs CUDA; 2 min on an H200
     python benchmarks/gpu_profile.py --setting tiny     # the same bookkeeping on CPU (CPU kernels)
 """
 
@@ -30,10 +30,10 @@ from peft_grow import GrowConfig
 
 def kernel_time(prof, device_type: str) -> tuple[float, int]:
     """(seconds spent in kernels, kernels launched) on `device_type`, from the profiler's kernel events."""
-    events = [e for e in prof.events() if e.device_type.name == device_type.upper() and e.device_time_total > 0]
     if device_type == "cpu":  # no separate kernel events: count the operators that run no other operator
         events = [e for e in prof.events() if e.device_type.name == "CPU" and not e.cpu_children]
         return sum(e.cpu_time_total for e in events) / 1e6, len(events)
+    events = [e for e in prof.events() if e.device_type.name == device_type.upper() and e.device_time_total > 0]
     return sum(e.device_time_total for e in events) / 1e6, len(events)
 
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> str:
     warnings.filterwarnings("ignore")
     logging.set_verbosity_error()
     base, ids = speed.build_base(args.setting)
-    # Decoding first: it needs two models, training needs six (speed.training_variants).
+    # Decoding first: it holds three models, training six (speed.training_variants).
     decode = decoding(base, ids, args.rounds)
     train = training(base, ids, args.rounds)
     text = "\n\n".join(
