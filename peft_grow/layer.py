@@ -283,8 +283,8 @@ class GrowUpLayer(nn.Module, GrowLayer):
         name = self._active_grown()
         if name is not None:
             self._refuse_placeholders(x, name)
-        if name is not None and self._can_write_in_place(x, name):
-            return self._forward_in_place(x, name)
+            if self._can_write_in_place(x, name):
+                return self._forward_in_place(x, name)
         if name is None or name not in self.grow_delta_weight:
             original = self.base_layer(x, *args, **kwargs)
             if name is None:
@@ -457,7 +457,8 @@ class GrowDownLayer(nn.Module, GrowLayer):
 
 OFFLOADING_UNSUPPORTED = (
     "Grown layers compute with the base weights and the new weights directly, so accelerate's offloading, which "
-    "keeps weights elsewhere and swaps meta placeholders in only around a module's own forward, cannot serve them. "
+    "keeps weights elsewhere and puts them in place only around a module's own forward (meta placeholders "
+    "otherwise), cannot serve them. "
     "Load the model without offloading (device_map=None, or a device_map with no 'cpu' or 'disk' entries), grow it, "
     "and do not offload the grown model (cpu_offload, disk_offload, dispatch_model with an offloading device_map)."
 )
@@ -468,7 +469,7 @@ def refuse_offloaded(module: nn.Module) -> None:
     if module.weight.is_meta and "_hf_hook" in module.__dict__:
         raise RuntimeError(
             f"Cannot grow a {type(module).__name__} {tuple(module.weight.shape)} whose weights are offloaded by "
-            f"accelerate: the module holds a meta placeholder, and growth copies the pretrained rows. "
+            "accelerate: the module holds a meta placeholder, and growth copies the pretrained rows. "
             + OFFLOADING_UNSUPPORTED
         )
 
