@@ -9,6 +9,10 @@ arithmetic as the base module, so that k=2 in bfloat16 reproduces the base model
 
 The base layer is never modified while an adapter is active: G-Train trains a zero-initialised delta on
 the original rows, and merging widens the base layer in place but keeps the original tensors to restore.
+
+Decoding calls every grown layer once per token on a handful of rows, where the cost is Python and operator
+dispatch rather than arithmetic: the forwards read each tensor once and call the base layer's arithmetic
+(`project`) directly instead of through its module, unless hooks on it must run.
 """
 
 from __future__ import annotations
@@ -39,22 +43,23 @@ class GrowSettings:
         """G-Train from copies: every down block is the frozen W_down / k, so down(x) = W_down @ mean of blocks."""
         return self.mode == "train" and self.init == "copy"
 
+    @property
+    def share(self) -> float:
+        """The weight of the original down block: 1/k for copy init, 1 for zero init (its new columns start at 0)."""
+        return 1.0 / self.k if self.init == "copy" else 1.0
+
 
 def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv1d: bool) -> torch.Tensor:
     """x @ W^T + b with `weight` in the layout of the base module (Conv1D: [in, out]) and its arithmetic.
 
-    The input is flattened to 2-D first: a column slice of a contiguous activation (a block of the grown width)
-    then stays a strided view that the matmul reads in place, instead of being copied.
+    A block of columns of a wide activation (`x[..., :p]`) is a strided view that the matmul reads in place:
+    F.linear and the flattening below fold the leading dimensions into a view, not a copy.
     """
-    out = project_2d(x.reshape(-1, x.shape[-1]), weight, bias, conv1d)
-    return out.view(*x.shape[:-1], out.shape[-1])
-
-
-def project_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv1d: bool) -> torch.Tensor:
-    """project() of a 2-D input."""
     if not conv1d:
         return F.linear(x, weight, bias)
-    return torch.addmm(bias, x, weight) if bias is not None else x @ weight
+    flat = x.reshape(-1, x.shape[-1])
+    out = torch.addmm(bias, flat, weight) if bias is not None else flat @ weight
+    return out.view(*x.shape[:-1], out.shape[-1])
 
 
 def matmul_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -63,7 +68,14 @@ def matmul_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     With PEFT's float32 new weights on a bfloat16 model under autocast, casting first would copy every
     activation to float32 only for autocast to cast it back (bit-identical, but two wasted passes).
     """
-    return x if torch.is_autocast_enabled(x.device.type) else x.to(dtype)
+    if x.dtype == dtype or torch.is_autocast_enabled(x.device.type):
+        return x
+    return x.to(dtype)
+
+
+def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x.to(dtype), without the call when it would return x itself (decode pays for every call)."""
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def interleave(original: torch.Tensor, new: torch.Tensor, chunks: int, dim: int) -> torch.Tensor:
@@ -134,26 +146,34 @@ class GrowLayer(BaseTunerLayer):
         if value is not None:
             store[adapter_name] = nn.Parameter(value.detach().clone())
 
-    def _base_is_bare(self) -> bool:
-        """Whether the wrapped module may be bypassed: one with hooks (accelerate's offloading) must be called.
+    def _active_parts(self, name: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(base layer, its weight, its bias, new weight) for the active adapter `name`, for the forwards.
 
-        `base_layer` is the nn.Linear / Conv1D itself (checked in __init__), so the inference paths read it
-        directly instead of through get_base_layer()'s unwrapping loop: decode calls them for every token.
+        `base_layer` is the nn.Linear / Conv1D itself (checked in __init__), and all are read from the modules' own
+        dicts: through nn.Module.__getattr__ and ParameterDict.__getitem__ each lookup costs a sizeable share of
+        dispatching a small matmul, and decoding pays them for every grown layer at every token.
         """
-        base = self.base_layer
-        return not (base._forward_hooks or base._forward_pre_hooks or "_hf_hook" in base.__dict__)
+        modules = self._modules
+        base = modules["base_layer"]
+        params = base._parameters
+        return base, params["weight"], params.get("bias"), modules["grow_new_weight"]._parameters.get(name)
 
-    def _refuse_placeholders(self, x: torch.Tensor, name: str) -> None:
+    @staticmethod
+    def _is_bare(base: nn.Module) -> bool:
+        """Whether the wrapped module's arithmetic may be applied without calling it: a plain nn.Linear / Conv1D
+        without hooks. One with hooks (accelerate's offloading) or a subclass with its own forward must be called."""
+        return type(base) in (nn.Linear, Conv1D) and not (
+            base._forward_hooks or base._forward_pre_hooks or "_hf_hook" in base.__dict__
+        )
+
+    @staticmethod
+    def _refuse_placeholders(x: torch.Tensor, weight: torch.Tensor, new_weight: torch.Tensor | None) -> None:
         """Raise instead of computing with meta placeholders: mixed with real inputs, F.linear and out= matmuls
         return uninitialised memory rather than fail. accelerate's offloading leaves such placeholders."""
-        if x.is_meta:  # a forward on the meta device (shape inference) is fine
-            return
-        new_weight = self.grow_new_weight.get(name)
-        if self.base_layer.weight.is_meta or (new_weight is not None and new_weight.is_meta):
-            raise RuntimeError(
-                f"The grown layer wrapping {type(self.base_layer).__name__} {tuple(self.base_layer.weight.shape)} "
-                "holds meta placeholders instead of weights, as accelerate's offloading leaves them. "
-                + OFFLOADING_UNSUPPORTED
+        if (weight.is_meta or (new_weight is not None and new_weight.is_meta)) and not x.is_meta:
+            raise RuntimeError(  # (a forward on the meta device, for shape inference, is fine)
+                f"A grown layer over a weight of shape {tuple(weight.shape)} holds meta placeholders instead of "
+                "weights, as accelerate's offloading leaves them. " + OFFLOADING_UNSUPPORTED
             )
 
     # -- adapters --
@@ -168,9 +188,10 @@ class GrowLayer(BaseTunerLayer):
 
     def _active_grown(self) -> str | None:
         """The active adapter if it grows this layer and is applied unmerged, else None (plain base layer)."""
-        if self.disable_adapters or self.merged or not self.active_adapters:
+        if self.disable_adapters or self.merged:
             return None
-        name = self.active_adapters[0]
+        active = self.active_adapter  # a name, or a list of at most one (set_adapter refuses more)
+        name = active if isinstance(active, str) else next(iter(active), None)
         return name if name in self.grow_settings else None
 
     def _perturb(self, adapter_name: str, scale: torch.Tensor) -> None:
@@ -281,49 +302,55 @@ class GrowUpLayer(nn.Module, GrowLayer):
         if self.disable_adapters and self.merged:
             self.unmerge()
         name = self._active_grown()
-        if name is not None:
-            self._refuse_placeholders(x, name)
-            if self._can_write_in_place(x, name):
-                return self._forward_in_place(x, name)
-        if name is None or name not in self.grow_delta_weight:
-            original = self.base_layer(x, *args, **kwargs)
-            if name is None:
-                return original
-        else:
+        if name is None:
+            return self.base_layer(x, *args, **kwargs)
+        settings = self.grow_settings[name]
+        base, weight, bias, new_weight = self._active_parts(name)
+        self._refuse_placeholders(x, weight, new_weight)
+        bare = self._is_bare(base)
+        if bare and not torch.is_grad_enabled() and self._writes_in_place(x, name, settings, new_weight):
+            return self._forward_in_place(x, name, settings, new_weight)
+        if settings.mode == "train":
             original = self._trained_original_rows(x, name)
-        new_weight = self.grow_new_weight[name]
-        new = project(matmul_input(x, new_weight.dtype), new_weight, self.grow_new_bias.get(name), self.conv1d)
-        return interleave(original, new.to(original.dtype), self.grow_settings[name].chunks, dim=-1)
+        elif bare:
+            original = project(x, weight, bias, self.conv1d)
+        else:  # hooks on the wrapped module must run
+            original = base(x, *args, **kwargs)
+        new_bias = None if bias is None else self.grow_new_bias[name]
+        new = project(matmul_input(x, new_weight.dtype), new_weight, new_bias, self.conv1d)
+        return interleave(original, cast(new, original.dtype), settings.chunks, dim=-1)
 
-    def _can_write_in_place(self, x: torch.Tensor, name: str) -> bool:
-        """Inference in one dtype: out= matmuls cannot record autograd, and autocast does not cast out= calls."""
-        if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type) or not self._base_is_bare():
+    def _writes_in_place(self, x: torch.Tensor, name: str, settings: GrowSettings, new_weight: torch.Tensor) -> bool:
+        """Whether to write the output blocks in place (called with autograd off: out= matmuls cannot record it):
+        on enough rows for the saved copy to outweigh the extra operator calls (IN_PLACE_MIN_ROWS), and in one
+        dtype, since autocast does not cast out= calls."""
+        if x.numel() < IN_PLACE_MIN_ROWS * x.shape[-1] or torch.is_autocast_enabled(x.device.type):
             return False
-        delta = self.grow_delta_weight.get(name)
+        dtype = x.dtype
+        delta = self.grow_delta_weight[name] if settings.mode == "train" else None
         return (
-            self.base_layer.weight.dtype == x.dtype
-            and self.grow_new_weight[name].dtype == x.dtype
-            and (delta is None or delta.dtype == x.dtype)
+            self.base_layer.weight.dtype == dtype
+            and new_weight.dtype == dtype
+            and (delta is None or delta.dtype == dtype)
         )
 
-    def _forward_in_place(self, x: torch.Tensor, name: str) -> torch.Tensor:
+    def _forward_in_place(
+        self, x: torch.Tensor, name: str, settings: GrowSettings, new_weight: torch.Tensor
+    ) -> torch.Tensor:
         """The grown output without concatenating: each matmul writes its block of one preallocated output.
 
         Computing the original and the new rows separately and concatenating them costs a copy of the whole
-        wide activation (17% of an unmerged prefill in the profiler); a block of columns of the output is a
-        strided matrix that the matmul writes in place instead. Decode runs this per token on a handful of rows,
-        where Python overhead is a sizeable share of the time: hence `narrow`, not indexing, and no per-chunk
-        bookkeeping when there is one chunk.
+        wide activation; a block of columns of the output is a strided matrix that the matmul writes in place
+        instead (see IN_PLACE_MIN_ROWS for when that pays).
         """
-        base, chunks, conv1d = self.base_layer, self.grow_settings[name].chunks, self.conv1d
+        base, chunks, conv1d = self.base_layer, settings.chunks, self.conv1d
         weight, bias = base.weight, base.bias
-        delta = self.grow_delta_weight.get(name)
-        if delta is not None:  # G-Train: the trained original rows are W + delta
-            weight = weight + delta
+        if settings.mode == "train":  # the trained original rows are W + delta
+            weight = weight + self.grow_delta_weight[name]
             delta_bias = self.grow_delta_bias.get(name)
             if bias is not None and delta_bias is not None:
                 bias = bias + delta_bias
-        new_weight, new_bias = self.grow_new_weight[name], self.grow_new_bias.get(name)
+        new_bias = None if base.bias is None else self.grow_new_bias[name]
         flat = x.reshape(-1, x.shape[-1])
         original_width = weight.shape[-1 if conv1d else 0]
         wide = original_width + new_weight.shape[-1 if conv1d else 0]
@@ -409,37 +436,39 @@ class GrowDownLayer(nn.Module, GrowLayer):
         name = self._active_grown()
         if name is None:
             return self.base_layer(x, *args, **kwargs)
-        self._refuse_placeholders(x, name)
         settings = self.grow_settings[name]
-        if settings.mean_down:
-            out = self.base_layer(x.unflatten(-1, (settings.k, -1)).mean(dim=-2))
+        base, weight, bias, new_weight = self._active_parts(name)
+        self._refuse_placeholders(x, weight, new_weight)
+        if settings.mean_down:  # G-Train: no new weight
+            out = base(x.unflatten(-1, (settings.k, -1)).mean(dim=-2))
         else:
-            out = self._blockwise(x, name, settings)
-        if name in self.grow_noise:
-            noise = self.grow_noise[name]
-            out = out + project(matmul_input(x, noise.dtype), noise, None, self.conv1d).to(out.dtype)
+            out = self._blockwise(x, base, weight, bias, new_weight, settings)
+        noise = self._modules["grow_noise"]._buffers.get(name)  # self.grow_noise.get(name), as in _active_parts
+        if noise is not None:
+            out = out + cast(project(matmul_input(x, noise.dtype), noise, None, self.conv1d), out.dtype)
         return out
 
-    def _blockwise(self, x: torch.Tensor, name: str, settings: GrowSettings) -> torch.Tensor:
-        """Block 0 through W_down (times 1/k for copy init), the other blocks through the new columns.
+    def _blockwise(
+        self,
+        x: torch.Tensor,
+        base: nn.Module,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        new_weight: torch.Tensor,
+        settings: GrowSettings,
+    ) -> torch.Tensor:
+        """Block 0 through the base layer weighted `share`, the other blocks through the new columns.
 
         copy init: block 0 is W/k, applied as (x0 @ W + b) / k, and the new blocks add b(k-1)/k: with k a power of
-        two both halves round exactly like the base layer's own fused x0 @ W + b. zero init: block 0 is W itself.
-        Blocks are `narrow`ed column views of the 2-D activation, read in place by the matmuls.
+        two both halves round exactly like the base layer's own fused x0 @ W + b, and the sum, one `add` with
+        alpha, rounds once. zero init: block 0 is W itself (share 1). Blocks are column views of the activation.
         """
-        base, conv1d = self.base_layer, self.conv1d
-        flat = x.reshape(-1, x.shape[-1])
-        p = flat.shape[1] // settings.k
-        share = 1.0 / settings.k if settings.init == "copy" else 1.0
-        bias = base.bias
-        out = project_2d(flat.narrow(1, 0, p), base.weight, bias, conv1d)
-        if share != 1.0:
-            out = out * share
-        new_weight = self.grow_new_weight[name]
-        rest_bias = None if bias is None or share == 1.0 else (bias * (1.0 - share)).to(new_weight.dtype)
-        rest = matmul_input(flat.narrow(1, p, flat.shape[1] - p), new_weight.dtype)
-        out = out + project_2d(rest, new_weight, rest_bias, conv1d).to(out.dtype)
-        return out.view(*x.shape[:-1], out.shape[-1])
+        share, conv1d = settings.share, self.conv1d
+        p = x.shape[-1] // settings.k
+        first = project(x[..., :p], weight, bias, conv1d) if self._is_bare(base) else base(x[..., :p])
+        rest_bias = None if bias is None or share == 1.0 else cast(bias * (1.0 - share), new_weight.dtype)
+        rest = project(matmul_input(x[..., p:], new_weight.dtype), new_weight, rest_bias, conv1d)
+        return torch.add(cast(rest, first.dtype), first, alpha=share)
 
     def _merged_tensors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         settings, base = self.grow_settings[adapter_name], self.get_base_layer()
@@ -454,6 +483,13 @@ class GrowDownLayer(nn.Module, GrowLayer):
             merged = merged + linear_layout(self.grow_noise[adapter_name], self.conv1d).to(dtype)
         return self._native(merged), None if base.bias is None else base.bias
 
+
+IN_PLACE_MIN_ROWS = 128
+"""Fewest rows (tokens in one forward) for which unmerged inference writes the up-side blocks in place. Below it,
+as in decoding, two matmuls and a concatenation are faster: the copy is small, and writing into strided blocks
+costs more than it saves. Measured by benchmarks/in_place_rows.py on 2 CPU cores: decoding 1 or 8 sequences, 1.12-
+1.14x of the merged model concatenating against 1.19-1.20x in place; 32 to 128 rows, within 1% either way; 256 to
+2,048 tokens, in place 1-5% faster."""
 
 OFFLOADING_UNSUPPORTED = (
     "Grown layers compute with the base weights and the new weights directly, so accelerate's offloading, which "

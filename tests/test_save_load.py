@@ -15,6 +15,7 @@ from test_training import train
 from transformers import AutoModelForCausalLM
 
 from peft_grow import GrowConfig, GrowUpLayer
+from peft_grow.layer import IN_PLACE_MIN_ROWS
 
 # name -> (architecture, dtype, config)
 CASES = {
@@ -124,8 +125,8 @@ def test_loading_for_bf16_inference_keeps_the_new_weights_in_bf16(saved, name):
     inputs = sample_inputs(model)
     with torch.no_grad():
         for up in (m for m in model.modules() if isinstance(m, GrowUpLayer)):
-            x = torch.ones(1, up.base_layer.in_features, dtype=torch.bfloat16, device=DEVICE)
-            assert up._can_write_in_place(x, "default")
+            x = torch.ones(IN_PLACE_MIN_ROWS, up.base_layer.in_features, dtype=torch.bfloat16, device=DEVICE)
+            assert up._writes_in_place(x, "default", up.grow_settings["default"], up.grow_new_weight["default"])
     close = logits(model, inputs).float().cpu()
     reference = expected[name].float()
     assert (close - reference).abs().max() <= 0.05 * reference.abs().max()  # bf16 rounding of the new weights

@@ -110,3 +110,14 @@ def test_gpu_profile_bookkeeping_at_a_tiny_shape():
     assert all(wall > 0 and busy > 0 and kernels > 0 for wall, busy, kernels in decode.values())
     assert decode["grown (unmerged)"][2] > decode["merged"][2]  # the unmerged model launches more kernels
     assert "| g-freeze |" in gpu_profile.main(["--setting", "tiny", "--rounds", "1"])
+
+
+def test_in_place_rows_benchmark_times_both_paths_and_restores_the_threshold():
+    import in_place_rows
+
+    from peft_grow import layer
+
+    default = layer.IN_PLACE_MIN_ROWS
+    text = in_place_rows.main(["--setting", "tiny", "--rounds", "1", "--batches", "2", "--tokens", "16"])
+    assert "| decode, 2 sequences after 128 tokens | 2 |" in text and "| forward, 1 x 16 tokens | 16 |" in text
+    assert default == layer.IN_PLACE_MIN_ROWS
