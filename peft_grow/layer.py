@@ -62,13 +62,19 @@ def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, co
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
+def autocasting(x: torch.Tensor) -> bool:
+    """Whether autocast is on for x's device (never for a device autocast does not know, such as meta)."""
+    device = x.device.type
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+
+
 def matmul_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """`x` for a matmul with weights of `dtype`: cast, except under autocast, which casts matmul inputs itself.
 
     With PEFT's float32 new weights on a bfloat16 model under autocast, casting first would copy every
     activation to float32 only for autocast to cast it back (bit-identical, but two wasted passes).
     """
-    if x.dtype == dtype or torch.is_autocast_enabled(x.device.type):
+    if x.dtype == dtype or autocasting(x):
         return x
     return x.to(dtype)
 
@@ -167,11 +173,12 @@ class GrowLayer(BaseTunerLayer):
         )
 
     @staticmethod
-    def _refuse_placeholders(x: torch.Tensor, weight: torch.Tensor, new_weight: torch.Tensor | None) -> None:
-        """Raise instead of computing with meta placeholders: mixed with real inputs, F.linear and out= matmuls
-        return uninitialised memory rather than fail. accelerate's offloading leaves such placeholders."""
-        if (weight.is_meta or (new_weight is not None and new_weight.is_meta)) and not x.is_meta:
-            raise RuntimeError(  # (a forward on the meta device, for shape inference, is fine)
+    def _refuse_placeholders(x: torch.Tensor, weight: torch.Tensor) -> None:
+        """Called when a weight is on the meta device: raise unless the input is too (a forward on the meta device,
+        for shape inference, is fine). Mixed with real inputs, F.linear and out= matmuls return uninitialised
+        memory rather than fail; accelerate's offloading leaves such placeholders."""
+        if not x.is_meta:
+            raise RuntimeError(
                 f"A grown layer over a weight of shape {tuple(weight.shape)} holds meta placeholders instead of "
                 "weights, as accelerate's offloading leaves them. " + OFFLOADING_UNSUPPORTED
             )
@@ -187,8 +194,15 @@ class GrowLayer(BaseTunerLayer):
         super().set_adapter(names, inference_mode=inference_mode)
 
     def _active_grown(self) -> str | None:
-        """The active adapter if it grows this layer and is applied unmerged, else None (plain base layer)."""
-        if self.disable_adapters or self.merged:
+        """The active adapter if it grows this layer and is applied unmerged, else None (plain base layer).
+
+        With adapters disabled, a merged layer is unmerged first, as PEFT's own layers do in their forward.
+        """
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return None
+        if self.merged:
             return None
         active = self.active_adapter  # a name, or a list of at most one (set_adapter refuses more)
         name = active if isinstance(active, str) else next(iter(active), None)
@@ -299,14 +313,13 @@ class GrowUpLayer(nn.Module, GrowLayer):
         self.set_adapter(self.active_adapters)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if self.disable_adapters and self.merged:
-            self.unmerge()
         name = self._active_grown()
         if name is None:
             return self.base_layer(x, *args, **kwargs)
         settings = self.grow_settings[name]
         base, weight, bias, new_weight = self._active_parts(name)
-        self._refuse_placeholders(x, weight, new_weight)
+        if weight.is_meta or new_weight.is_meta:
+            self._refuse_placeholders(x, weight)
         bare = self._is_bare(base)
         if bare and not torch.is_grad_enabled() and self._writes_in_place(x, name, settings, new_weight):
             return self._forward_in_place(x, name, settings, new_weight)
@@ -324,7 +337,7 @@ class GrowUpLayer(nn.Module, GrowLayer):
         """Whether to write the output blocks in place (called with autograd off: out= matmuls cannot record it):
         on enough rows for the saved copy to outweigh the extra operator calls (IN_PLACE_MIN_ROWS), and in one
         dtype, since autocast does not cast out= calls."""
-        if x.numel() < IN_PLACE_MIN_ROWS * x.shape[-1] or torch.is_autocast_enabled(x.device.type):
+        if x.numel() < IN_PLACE_MIN_ROWS * x.shape[-1] or autocasting(x):
             return False
         dtype = x.dtype
         delta = self.grow_delta_weight[name] if settings.mode == "train" else None
@@ -379,8 +392,7 @@ class GrowUpLayer(nn.Module, GrowLayer):
         if bias is not None and name in self.grow_delta_bias:
             bias = bias.to(delta.dtype) + self.grow_delta_bias[name]
         out = project(matmul_input(x, delta.dtype), base.weight.to(delta.dtype) + delta, bias, self.conv1d)
-        device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else base.weight.dtype
+        dtype = torch.get_autocast_dtype(x.device.type) if autocasting(x) else base.weight.dtype
         return out.to(dtype)
 
     def _merged_tensors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -431,14 +443,13 @@ class GrowDownLayer(nn.Module, GrowLayer):
         self.set_adapter(self.active_adapters)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if self.disable_adapters and self.merged:
-            self.unmerge()
         name = self._active_grown()
         if name is None:
             return self.base_layer(x, *args, **kwargs)
         settings = self.grow_settings[name]
         base, weight, bias, new_weight = self._active_parts(name)
-        self._refuse_placeholders(x, weight, new_weight)
+        if weight.is_meta or (new_weight is not None and new_weight.is_meta):
+            self._refuse_placeholders(x, weight)
         if settings.mean_down:  # G-Train: no new weight
             out = base(x.unflatten(-1, (settings.k, -1)).mean(dim=-2))
         else:

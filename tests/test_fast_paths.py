@@ -11,6 +11,7 @@ from conftest import DEVICE, logits, sample_inputs, tiny_model
 from peft import get_peft_model
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import AutoModelForCausalLM
 
 from peft_grow import GrowConfig, GrowDownLayer, GrowUpLayer
 from peft_grow.layer import IN_PLACE_MIN_ROWS
@@ -180,3 +181,18 @@ def test_decoding_runs_two_matmuls_per_grown_projection_and_no_copies():
         "mul": 1,
         "silu": 1,
     }
+
+
+@pytest.mark.parametrize("mode", ["freeze", "train"])
+def test_a_model_grown_on_the_meta_device_infers_shapes(mode):
+    """Meta weights with a meta input are a shape-inference forward, not offloading placeholders: no error."""
+    config = tiny_model("llama").config
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(config)
+    model = get_peft_model(base, GrowConfig(mode=mode))
+    for rows in (1, IN_PLACE_MIN_ROWS):  # both inference paths, and training
+        ids = torch.zeros(rows, 5, dtype=torch.long, device="meta")
+        with torch.no_grad():
+            out = model(input_ids=ids).logits
+        assert out.is_meta and out.shape == (rows, 5, model.config.vocab_size)
+    assert model(input_ids=ids).logits.is_meta
