@@ -11,8 +11,8 @@ The base layer is never modified while an adapter is active: G-Train trains a ze
 the original rows, and merging widens the base layer in place but keeps the original tensors to restore.
 
 Decoding calls every grown layer once per token on a handful of rows, where the cost is Python and operator
-dispatch rather than arithmetic: the forwards read each tensor once and call the base layer's arithmetic
-(`project`) directly instead of through its module, unless hooks on it must run.
+dispatch rather than arithmetic: the forwards read each tensor once and apply the base layer's arithmetic
+(`project`) instead of calling its module, unless the module has hooks or a forward of its own.
 """
 
 from __future__ import annotations
