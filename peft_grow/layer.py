@@ -152,8 +152,11 @@ class GrowLayer(BaseTunerLayer):
         if value is not None:
             store[adapter_name] = nn.Parameter(value.detach().clone())
 
-    def _active_parts(self, name: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """(base layer, its weight, its bias, new weight) for the active adapter `name`, for the forwards.
+    def _active_parts(
+        self, name: str, x: torch.Tensor
+    ) -> tuple[nn.Module, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(base layer, its weight, its bias, new weight) for the active adapter `name`, for a forward on `x`;
+        meta placeholders among the weights are refused unless `x` is on the meta device too.
 
         `base_layer` is the nn.Linear / Conv1D itself (checked in __init__), and all are read from the modules' own
         dicts: through nn.Module.__getattr__ and ParameterDict.__getitem__ each lookup costs a sizeable share of
@@ -162,7 +165,10 @@ class GrowLayer(BaseTunerLayer):
         modules = self._modules
         base = modules["base_layer"]
         params = base._parameters
-        return base, params["weight"], params.get("bias"), modules["grow_new_weight"]._parameters.get(name)
+        weight, new_weight = params["weight"], modules["grow_new_weight"]._parameters.get(name)
+        if weight.is_meta or (new_weight is not None and new_weight.is_meta):
+            self._refuse_placeholders(x, weight)
+        return base, weight, params.get("bias"), new_weight
 
     @staticmethod
     def _is_bare(base: nn.Module) -> bool:
@@ -317,12 +323,10 @@ class GrowUpLayer(nn.Module, GrowLayer):
         if name is None:
             return self.base_layer(x, *args, **kwargs)
         settings = self.grow_settings[name]
-        base, weight, bias, new_weight = self._active_parts(name)
-        if weight.is_meta or new_weight.is_meta:
-            self._refuse_placeholders(x, weight)
+        base, weight, bias, new_weight = self._active_parts(name, x)
         bare = self._is_bare(base)
-        if bare and not torch.is_grad_enabled() and self._writes_in_place(x, name, settings, new_weight):
-            return self._forward_in_place(x, name, settings, new_weight)
+        if bare and not torch.is_grad_enabled() and self._writes_in_place(x, name, settings, weight, new_weight):
+            return self._forward_in_place(x, name, settings, weight, bias, new_weight)
         if settings.mode == "train":
             original = self._trained_original_rows(x, name)
         elif bare:
@@ -333,7 +337,9 @@ class GrowUpLayer(nn.Module, GrowLayer):
         new = project(matmul_input(x, new_weight.dtype), new_weight, new_bias, self.conv1d)
         return interleave(original, cast(new, original.dtype), settings.chunks, dim=-1)
 
-    def _writes_in_place(self, x: torch.Tensor, name: str, settings: GrowSettings, new_weight: torch.Tensor) -> bool:
+    def _writes_in_place(
+        self, x: torch.Tensor, name: str, settings: GrowSettings, weight: torch.Tensor, new_weight: torch.Tensor
+    ) -> bool:
         """Whether to write the output blocks in place (called with autograd off: out= matmuls cannot record it):
         on enough rows for the saved copy to outweigh the extra operator calls (IN_PLACE_MIN_ROWS), and in one
         dtype, since autocast does not cast out= calls."""
@@ -341,14 +347,16 @@ class GrowUpLayer(nn.Module, GrowLayer):
             return False
         dtype = x.dtype
         delta = self.grow_delta_weight[name] if settings.mode == "train" else None
-        return (
-            self.base_layer.weight.dtype == dtype
-            and new_weight.dtype == dtype
-            and (delta is None or delta.dtype == dtype)
-        )
+        return weight.dtype == dtype and new_weight.dtype == dtype and (delta is None or delta.dtype == dtype)
 
     def _forward_in_place(
-        self, x: torch.Tensor, name: str, settings: GrowSettings, new_weight: torch.Tensor
+        self,
+        x: torch.Tensor,
+        name: str,
+        settings: GrowSettings,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        new_weight: torch.Tensor,
     ) -> torch.Tensor:
         """The grown output without concatenating: each matmul writes its block of one preallocated output.
 
@@ -356,14 +364,13 @@ class GrowUpLayer(nn.Module, GrowLayer):
         wide activation; a block of columns of the output is a strided matrix that the matmul writes in place
         instead (see IN_PLACE_MIN_ROWS for when that pays).
         """
-        base, chunks, conv1d = self.base_layer, settings.chunks, self.conv1d
-        weight, bias = base.weight, base.bias
+        chunks, conv1d = settings.chunks, self.conv1d
+        new_bias = None if bias is None else self.grow_new_bias[name]
         if settings.mode == "train":  # the trained original rows are W + delta
             weight = weight + self.grow_delta_weight[name]
             delta_bias = self.grow_delta_bias.get(name)
             if bias is not None and delta_bias is not None:
                 bias = bias + delta_bias
-        new_bias = None if base.bias is None else self.grow_new_bias[name]
         flat = x.reshape(-1, x.shape[-1])
         original_width = weight.shape[-1 if conv1d else 0]
         wide = original_width + new_weight.shape[-1 if conv1d else 0]
@@ -447,9 +454,7 @@ class GrowDownLayer(nn.Module, GrowLayer):
         if name is None:
             return self.base_layer(x, *args, **kwargs)
         settings = self.grow_settings[name]
-        base, weight, bias, new_weight = self._active_parts(name)
-        if weight.is_meta or (new_weight is not None and new_weight.is_meta):
-            self._refuse_placeholders(x, weight)
+        base, weight, bias, new_weight = self._active_parts(name, x)
         if settings.mean_down:  # G-Train: no new weight
             out = base(x.unflatten(-1, (settings.k, -1)).mean(dim=-2))
         else:

@@ -126,7 +126,8 @@ def test_loading_for_bf16_inference_keeps_the_new_weights_in_bf16(saved, name):
     with torch.no_grad():
         for up in (m for m in model.modules() if isinstance(m, GrowUpLayer)):
             x = torch.ones(IN_PLACE_MIN_ROWS, up.base_layer.in_features, dtype=torch.bfloat16, device=DEVICE)
-            assert up._writes_in_place(x, "default", up.grow_settings["default"], up.grow_new_weight["default"])
+            settings, new_weight = up.grow_settings["default"], up.grow_new_weight["default"]
+            assert up._writes_in_place(x, "default", settings, up.base_layer.weight, new_weight)
     close = logits(model, inputs).float().cpu()
     reference = expected[name].float()
     assert (close - reference).abs().max() <= 0.05 * reference.abs().max()  # bf16 rounding of the new weights
