@@ -1,0 +1,679 @@
+"""The paper's claim on real pretrained models: new-task score and retention of what the model knew, per method.
+
+Models (fetched once with benchmarks/fetch_models.py, outside the repository): SmolLM2-135M-Instruct (Apache-2.0)
+and Gemma-3-270M base (Gemma Terms of Use), both dequantized from 4-5-bit GGUF files, which makes them close to,
+not equal to, the published weights.
+
+New tasks, as prompt/answer SFT with the loss on the answer only (peft_grow.evaluation builds the prompts):
+
+  qasc    QASC closed-book, trained on train.json (8,134), scored on dev.json: exact match of the option letter
+  mathqa  MathQA, trained on dev.json (4,475; the training split is not available offline), scored on test.json:
+          exact match of the option letter (the paper uses G-Train here)
+  mtnt    MTNT English to French, trained on valid (852), scored on test: SacreBLEU (for multilingual Gemma)
+
+Retention: zero-shot accuracy on the packaged lm-eval tasks (peft_grow/tasks: WinoGrande, ARC-Easy, BoolQ, COPA,
+OpenBookQA, CommonsenseQA), read from the original files in the shared data folder. `baseline` measures the base
+model on every task with its standard error; runs track the tasks where the base model is clearly above chance
+(`--retention`, by default read from the model's baseline.json), on the first `--retention-limit` questions.
+
+Methods (METHODS): full fine-tuning; LoRA r=16 and LoRA at the rank matched to G-Freeze on every layer; G-Freeze
+(k=2) on every layer and on the top third of layers by the paper's pilot ranking; G-Train with and without
+symmetry_noise; the zero-init growth baseline. Every run: AdamW without weight decay (Adam), constant rate, clipped
+gradients, the same data order for every method at a seed, evaluated every `--eval-every` steps. Each
+(model, task, method, rate, seed) run writes its own JSON to docs/results/real_models/<model>/<task>/ with its
+curve, wall times and where it ran; a rerun skips finished runs, and a lock file per run lets several workers
+(processes, machines sharing the folder) take jobs side by side.
+
+    python benchmarks/fetch_models.py smollm2-135m
+    python benchmarks/real_models.py baseline --model smollm2-135m
+    python benchmarks/real_models.py run --model smollm2-135m --task qasc --methods full g-freeze --lrs 1e-3 1e-4
+    python benchmarks/real_models.py run ... --tiny         # a seconds-long smoke run (tests use it)
+    python benchmarks/real_models_report.py                 # tables and figures from the JSON files
+
+Step 0 of every run is the base model (growth and LoRA start at the base function, full fine-tuning at the base),
+so its scores are measured once per model and task (`<task>/base.json`) and shared by every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import logging
+import math
+import os
+import platform
+import random
+import socket
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's progress bars, one per evaluation
+
+import torch  # noqa: E402
+from peft import LoraConfig, get_peft_model  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from peft_grow import GrowConfig  # noqa: E402
+from peft_grow import evaluation as ev  # noqa: E402
+from peft_grow.selection import pilot_ranking, top_layers  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results" / "real_models"
+CACHE_ENV = "PEFT_GROW_CACHE"  # as in benchmarks/fetch_models.py
+MODELS = ("smollm2-135m", "gemma3-270m")
+log = logging.getLogger("real_models")
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "peft-grow" / "models")
+
+
+def default_data() -> Path | None:
+    """The shared task data: $PEFT_GROW_DATA, else ../shared/data/tasks beside the checkout if it is there."""
+    if os.environ.get(ev.DATA_ENV):
+        return Path(os.environ[ev.DATA_ENV])
+    beside = ROOT.parent / "shared" / "data" / "tasks"
+    return beside if beside.is_dir() else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# New tasks
+
+
+@dataclass(frozen=True)
+class Task:
+    train: str  # file relative to the data folder
+    test: str
+    reader: str  # the peft_grow.evaluation function that reads it
+    metric: str  # "exact_match" or "bleu"
+    max_new_tokens: int
+
+
+TASKS = {
+    "qasc": Task("qasc/train.json", "qasc/dev.json", "qasc_examples", "exact_match", 4),
+    "mathqa": Task("mathqa/dev.json", "mathqa/test.json", "mathqa_examples", "exact_match", 4),
+    "mtnt": Task("mtnt/valid.en-fr.tsv", "mtnt/test.en-fr.tsv", "mtnt_examples", "bleu", 96),
+}
+
+
+def read_examples(data: Path, task: str, split: str) -> list[ev.Example]:
+    spec = TASKS[task]
+    return getattr(ev, spec.reader)(data / getattr(spec, split))
+
+
+def spread(items: list, n: int) -> list:
+    """`n` items evenly spaced over the list (all of them if it holds fewer): a fixed sample of the whole file."""
+    if len(items) <= n:
+        return items
+    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)] if n > 1 else items[:1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Methods
+
+
+def lora(rank: int) -> LoraConfig:
+    return LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear")
+
+
+METHODS = {
+    "full": ("full FT", lambda base, ctx: base),
+    "lora-r16": ("LoRA r=16", lambda base, ctx: get_peft_model(base, lora(16))),
+    "lora-matched": ("LoRA (matched)", lambda base, ctx: get_peft_model(base, lora(ctx["lora_rank"]))),
+    "g-freeze": ("G-Freeze all", lambda base, ctx: get_peft_model(base, GrowConfig(k=2))),
+    "g-freeze-top": ("G-Freeze top third", lambda base, ctx: get_peft_model(base, GrowConfig(layers=ctx["top"]))),
+    "g-train": ("G-Train all", lambda base, ctx: get_peft_model(base, GrowConfig(mode="train"))),
+    "g-train-noise": (
+        "G-Train + noise",
+        lambda base, ctx: get_peft_model(base, GrowConfig(mode="train", symmetry_noise=0.5)),
+    ),
+    "zero-init": ("zero-init growth", lambda base, ctx: get_peft_model(base, GrowConfig(init="zero"))),
+}
+
+
+def trainable(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def matched_lora_rank(base: torch.nn.Module) -> int:
+    """The LoRA rank whose trainable count is closest to G-Freeze on every layer (LoRA's count is linear in r)."""
+    target = trainable(get_peft_model(copy.deepcopy(base), GrowConfig(k=2)))
+    per_rank = trainable(get_peft_model(copy.deepcopy(base), lora(1)))
+    return max(1, round(target / per_rank))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batches: left-padded prompt + answer + EOS, the loss on the answer and EOS only
+
+
+@dataclass
+class Encoded:
+    prompt: list[int]
+    answer: list[int]  # the answer's tokens and EOS
+
+
+def encode(tokenizer, examples: list[ev.Example]) -> list[Encoded]:
+    """Prompt and answer tokenized apart, as generation sees them: the prompt with the tokenizer's own special
+    tokens, then " answer" and EOS."""
+    prompts = tokenizer([e.prompt for e in examples])["input_ids"]
+    answers = tokenizer([" " + e.answer for e in examples], add_special_tokens=False)["input_ids"]
+    return [Encoded(p, a + [tokenizer.eos_token_id]) for p, a in zip(prompts, answers, strict=True)]
+
+
+def collate(items: list[Encoded], pad_id: int, max_len: int) -> dict[str, torch.Tensor]:
+    """A left-padded batch; `answer_len` is the widest answer, so the loss needs logits at the last positions only.
+
+    Prompts longer than `max_len` minus their answer lose their beginning (the question stays next to the answer).
+    """
+    rows = [(it.prompt + it.answer)[-max_len:] for it in items]
+    answer_lens = [min(len(it.answer), len(r) - 1) for it, r in zip(items, rows, strict=True)]
+    width = max(map(len, rows))
+    input_ids = torch.full((len(rows), width), pad_id)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row) :] = torch.tensor(row)
+        mask[i, width - len(row) :] = 1
+    keep = max(answer_lens) + 1
+    # target j of the kept window is token width-keep+1+j; it is an answer token if it lies in the row's answer
+    target_pos = torch.arange(width - keep + 1, width)
+    is_answer = target_pos[None, :] >= (width - torch.tensor(answer_lens))[:, None]
+    labels = torch.where(is_answer, input_ids[:, width - keep + 1 :], -100)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "position_ids": (mask.cumsum(1) - 1).clamp(min=0),
+        "labels": labels,
+        "keep": keep,
+    }
+
+
+def answer_loss(model: torch.nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+    """Mean cross-entropy over answer tokens, from logits at the last `keep` positions only (a 262k-word vocabulary
+    makes full logits the most expensive part of a step)."""
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids")}
+    logits = model(**inputs, logits_to_keep=batch["keep"]).logits[:, :-1].float()
+    labels = batch["labels"].to(device)
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+def full_label_batch(batch: dict) -> dict:
+    """The same batch with labels over whole rows, for code that calls model(**batch).loss (the pilot ranking);
+    the model shifts them itself."""
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels[:, -batch["labels"].shape[1] :] = batch["labels"]
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")} | {"labels": labels}
+
+
+def batches(data: list[Encoded], size: int, seed: int, pad_id: int, max_len: int) -> Iterator[dict]:
+    """Shuffled epochs over the training examples; the same order for every method at a given seed."""
+    order = random.Random(seed)
+    while True:
+        indices = list(range(len(data)))
+        order.shuffle(indices)
+        for start in range(0, len(indices) - size + 1, size):
+            yield collate([data[i] for i in indices[start : start + size]], pad_id, max_len)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def task_score(model, tokenizer, examples: list[ev.Example], task: str, batch_size: int) -> dict:
+    """The new-task score (exact match in [0, 1], or SacreBLEU 0-100), with per-question correctness for EM."""
+    spec = TASKS[task]
+    predictions = ev.generate_answers(model, tokenizer, [e.prompt for e in examples], spec.max_new_tokens, batch_size)
+    if spec.metric == "bleu":
+        lines = [p.strip().split("\n", 1)[0].strip() for p in predictions]
+        return {"score": ev.bleu(lines, [e.answer for e in examples]), "n": len(examples)}
+    correct = [
+        int(ev.normalize_answer(p) == ev.normalize_answer(e.answer)) for p, e in zip(predictions, examples, strict=True)
+    ]
+    return {
+        "score": sum(correct) / len(correct),
+        "n": len(correct),
+        "correct": "".join(map(str, correct)),
+        "sample": predictions[:3],
+    }
+
+
+# lm-eval metric per retention task: length-normalised accuracy where lm-eval's own task cards report it
+RETENTION_METRIC = {"arc_easy": "acc_norm", "openbook_qa": "acc_norm"}
+
+
+def retention_scores(model, tokenizer, tasks: list[str], data: Path, limit: int | None, batch_size: int) -> dict:
+    """lm-eval accuracy per retention task, with the per-question outcomes (for paired standard errors)."""
+    if not tasks:
+        return {}
+    results = ev.evaluate_tasks(
+        model, tokenizer, tasks, data_dir=data, limit=limit, batch_size=batch_size, log_samples=True
+    )
+    scores = {}
+    for task in tasks:
+        name = ev.task_name(task)
+        metric = RETENTION_METRIC.get(task, "acc")
+        samples = sorted(results["samples"][name], key=lambda s: s["doc_id"])
+        correct = [int(s[metric]) for s in samples]
+        chance = [1 / len(s["arguments"]) for s in samples]
+        targets = [str(s["target"]) for s in samples]
+        scores[task] = {
+            "metric": metric,
+            "acc": sum(correct) / len(correct),
+            "n": len(correct),
+            "chance": sum(chance) / len(chance),
+            "majority": max(map(targets.count, set(targets))) / len(targets),  # always answering the commonest
+            "correct": "".join(map(str, correct)),
+        }
+    return scores
+
+
+def evaluate(model, tokenizer, setup: Setup) -> dict:
+    start = time.perf_counter()
+    point = {"task": task_score(model, tokenizer, setup.test, setup.task, setup.args.eval_batch)}
+    point["retention"] = retention_scores(
+        model, tokenizer, setup.retention, setup.data, setup.args.retention_limit, setup.args.eval_batch
+    )
+    point["seconds"] = time.perf_counter() - start
+    return point
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Runs
+
+
+@dataclass
+class Setup:
+    args: argparse.Namespace
+    task: str
+    data: Path
+    tokenizer: object
+    base: torch.nn.Module
+    train: list[Encoded]
+    test: list[ev.Example]
+    retention: list[str]
+    context: dict  # pilot's top layers, matched LoRA rank
+    device: torch.device
+
+
+@dataclass
+class Run:
+    model: str
+    task: str
+    method: str
+    lr: float
+    seed: int
+    settings: dict
+    trainable: int = 0
+    total: int = 0
+    where: dict = field(default_factory=dict)
+    seconds_train: float = 0.0
+    seconds_eval: float = 0.0
+    curve: list = field(default_factory=list)  # [{"step", "train_loss", "task", "retention", "seconds"}]
+    status: str = "running"
+
+
+def run_path(folder: Path, method: str, lr: float, seed: int) -> Path:
+    return folder / f"{method}_lr{lr:.0e}_s{seed}.json"
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomic: a temporary file in the same folder, then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        json.dump(data, out, indent=1)
+        out.write("\n")
+    os.replace(temporary, path)
+
+
+@contextlib.contextmanager
+def claimed(path: Path) -> Iterator[bool]:
+    """A lock file beside the result, so that workers side by side never train the same run; a lock whose
+    process is gone on this machine is taken over."""
+    lock = path.with_suffix(".lock")
+    me = f"{socket.gethostname()} {os.getpid()}"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        host, _, pid = lock.read_text().partition(" ")
+        if host != socket.gethostname() or _alive(int(pid or 0)):
+            yield False
+            return
+        lock.write_text(me)
+    else:
+        os.write(fd, me.encode())
+        os.close(fd)
+    try:
+        yield True
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
+def where(device: torch.device, dtype: str) -> dict:
+    info = {"device": str(device), "dtype": dtype, "torch": torch.__version__, "host": platform.node()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        info["threads"] = torch.get_num_threads()
+    return info
+
+
+def train_run(setup: Setup, method: str, lr: float, seed: int, path: Path, base_point: dict) -> Run:
+    args = setup.args
+    settings = {
+        k: getattr(args, k) for k in ("steps", "batch", "eval_every", "max_len", "test_limit", "retention_limit")
+    }
+    run = Run(args.model, setup.task, method, lr, seed, settings | {"retention": setup.retention})
+    torch.manual_seed(seed)  # LoRA's and zero-init's random weights, the symmetry noise
+    model = METHODS[method][1](copy.deepcopy(setup.base), setup.context).to(setup.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    run.trainable, run.total = trainable(model), sum(p.numel() for p in model.parameters())
+    run.where = where(setup.device, args.dtype)
+    run.curve.append({"step": 0, "train_loss": None, **base_point})
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    pad = ev._pad_id(setup.tokenizer)
+    data = batches(setup.train, args.batch, seed, pad, args.max_len)
+    autocast = torch.autocast(setup.device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16-autocast")
+    losses, started = [], time.perf_counter()
+    for step in range(1, args.steps + 1):
+        model.train()
+        with autocast:
+            loss = answer_loss(model, next(data), setup.device)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if step % args.eval_every == 0 or step == args.steps:
+            run.seconds_train += time.perf_counter() - started
+            with autocast:
+                point = evaluate(model, setup.tokenizer, setup)
+            run.seconds_eval += point["seconds"]
+            run.curve.append({"step": step, "train_loss": sum(losses) / len(losses), **point})
+            losses = []
+            if not math.isfinite(run.curve[-1]["train_loss"]):
+                run.status = "diverged"
+                break
+            write_json(path.with_suffix(".partial.json"), asdict(run))  # progress of a long run, for a look
+            log.info(
+                "%s %s lr %.0e seed %d step %d: loss %.3f, %s %.3f, retention %s",
+                args.model,
+                method,
+                lr,
+                seed,
+                step,
+                run.curve[-1]["train_loss"],
+                TASKS[setup.task].metric,
+                point["task"]["score"],
+                {t: round(r["acc"], 3) for t, r in point["retention"].items()},
+            )
+            started = time.perf_counter()
+    if run.status == "running":
+        run.status = "done"
+    return run
+
+
+def base_point(setup: Setup, folder: Path) -> dict:
+    """Scores of the base model (step 0 of every run), measured once per model, task and evaluation settings."""
+    path = folder / "base.json"
+    key = {
+        "test_limit": setup.args.test_limit,
+        "retention_limit": setup.args.retention_limit,
+        "retention": setup.retention,
+        "dtype": setup.args.dtype,
+    }
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved["key"] != key:
+            raise SystemExit(
+                f"error: {folder} holds runs evaluated with {saved['key']}, but this call asks for {key}; runs are "
+                "only comparable with the same evaluation. Use the same settings or another --results folder."
+            )
+        return saved["point"]
+    base = setup.base.to(setup.device)
+    autocast = torch.autocast(setup.device.type, dtype=torch.bfloat16, enabled=setup.args.dtype == "bf16-autocast")
+    with autocast:
+        point = evaluate(base, setup.tokenizer, setup)
+    write_json(path, {"key": key, "point": point, "where": where(setup.device, setup.args.dtype)})
+    return point
+
+
+def context(setup: Setup, folder: Path) -> dict:
+    """The pilot's top third of layers (the paper's heuristic) and the matched LoRA rank, computed once per task."""
+    path = folder / "context.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    layers = setup.base.config.num_hidden_layers
+    model = copy.deepcopy(setup.base).to(setup.device)
+    pad = ev._pad_id(setup.tokenizer)
+    data = batches(setup.train, setup.args.batch, 0, pad, setup.args.max_len)
+    steps = setup.args.pilot_steps
+    pilot = ({k: v.to(setup.device) for k, v in full_label_batch(next(data)).items()} for _ in range(steps))
+    scores = pilot_ranking(model, pilot, steps=steps, lr=1e-4)
+    found = {
+        "top": sorted(top_layers(scores, max(1, layers // 3))),
+        "pilot": {"steps": steps, "lr": 1e-4, "scores": {str(i): s for (_, i), s in scores.scores.items()}},
+        "lora_rank": matched_lora_rank(setup.base),
+    }
+    write_json(path, found)
+    return found
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def load(args) -> tuple[object, torch.nn.Module]:
+    folder = args.model_dir or default_cache() / args.model / "hf"
+    if not (Path(folder) / "config.json").is_file():
+        raise SystemExit(
+            f"error: no checkpoint of {args.model} in {folder}. Fetch it first: "
+            f"python benchmarks/fetch_models.py {args.model} (or pass --model-dir)."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return tokenizer, model
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def baseline_tasks(model: str, results: Path) -> list[str]:
+    """The retention tasks on which the base model is clearly above chance and the majority answer (baseline.json's
+    `above_chance`)."""
+    path = results / model / "baseline.json"
+    if not path.is_file():
+        raise SystemExit(
+            f"error: {path} is missing: measure the base model first (python benchmarks/real_models.py baseline "
+            f"--model {model}) or name the tasks with --retention."
+        )
+    return json.loads(path.read_text(encoding="utf-8"))["above_chance"]
+
+
+def cmd_baseline(args) -> None:
+    """The base model on retention tasks: accuracy, standard error and chance rate, merged into baseline.json (so
+    that tasks can be measured in several calls, e.g. BoolQ's long passages with a smaller --limit)."""
+    tokenizer, model = load(args)
+    device = pick_device(args.device)
+    model.to(device)
+    start = time.perf_counter()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16-autocast"):
+        measured = retention_scores(model, tokenizer, args.tasks, args.data, args.limit, args.eval_batch)
+    path = args.results / args.model / "baseline.json"
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"scores": {}, "seconds": {}}
+    for task, score in measured.items():
+        score |= {
+            "stderr": math.sqrt(score["acc"] * (1 - score["acc"]) / score["n"]),
+            "where": where(device, args.dtype),
+        }
+        saved["scores"][task] = score
+        saved["seconds"][task] = (time.perf_counter() - start) / len(measured)
+    above = []
+    for task, score in saved["scores"].items():
+        bar = max(score["chance"], score.get("majority", 0.0))
+        clear = score["acc"] - bar > 3 * score["stderr"]
+        above += [task] if clear else []
+        verdict = "  clearly above chance (> 3 standard errors)" if clear else ""
+        print(
+            f"{task:<15} {score['metric']:<8} {score['acc']:.3f} ± {score['stderr']:.3f} (n={score['n']}, chance "
+            f"{score['chance']:.3f}, majority {score.get('majority', float('nan')):.3f}){verdict}",
+            flush=True,
+        )
+    write_json(path, saved | {"model": args.model, "above_chance": above})
+    print(f"wrote {path}")
+
+
+def cmd_run(args) -> None:
+    tokenizer, base = load(args)
+    device = pick_device(args.device)
+    retention = args.retention if args.retention is not None else baseline_tasks(args.model, args.results)
+    train = encode(tokenizer, read_examples(args.data, args.task, "train"))
+    test = spread(read_examples(args.data, args.task, "test"), args.test_limit)
+    setup = Setup(args, args.task, args.data, tokenizer, base, train, test, retention, {}, device)
+    folder = args.results / args.model / args.task
+    folder.mkdir(parents=True, exist_ok=True)
+    needs_context = {"g-freeze-top", "lora-matched"} & {m for m, _ in args.runs}
+    setup.context = context(setup, folder) if needs_context else {}
+    point = base_point(setup, folder)
+    if args.prepare_only:
+        return
+    jobs = [(m, lr, s) for s in args.seeds for m, lr in args.runs]
+    for method, lr, seed in jobs:
+        path = run_path(folder, method, lr, seed)
+        if path.is_file():
+            continue
+        with claimed(path) as mine:
+            if not mine or path.is_file():
+                continue
+            run = train_run(setup, method, lr, seed, path, point)
+            write_json(path, asdict(run))
+            path.with_suffix(".partial.json").unlink(missing_ok=True)
+            final = run.curve[-1]
+            print(
+                f"{args.model} {args.task} {method} lr {lr:.0e} seed {seed}: {run.status}, score "
+                f"{final['task']['score']:.3f}, retention {[round(r['acc'], 3) for r in final['retention'].values()]}"
+                f" ({run.seconds_train:.0f} s training, {run.seconds_eval:.0f} s evaluating)",
+                flush=True,
+            )
+
+
+def parse_run(text: str, parser: argparse.ArgumentParser) -> tuple[str, float]:
+    method, _, rate = text.partition("@")
+    try:
+        lr = float(rate)
+    except ValueError:
+        lr = None
+    if method not in METHODS or lr is None:
+        parser.error(f"--runs takes METHOD@LR with METHOD one of {', '.join(METHODS)}, e.g. full@1e-4; got {text!r}")
+    return method, lr
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", required=True, help=f"{', '.join(MODELS)}, or any name with --model-dir")
+    common.add_argument(
+        "--model-dir", type=Path, help="the checkpoint (default: <cache>/<model>/hf, the fetch script's cache)"
+    )
+    common.add_argument(
+        "--data",
+        type=Path,
+        default=default_data(),
+        help=f"task data folder (default ${ev.DATA_ENV} or ../shared/data/tasks)",
+    )
+    common.add_argument("--results", type=Path, default=RESULTS, help="results folder (default docs/results/...)")
+    common.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    common.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16-autocast"],
+        default=None,
+        help="fp32 (default on CPU) or bf16 autocast over fp32 weights (default on CUDA)",
+    )
+    common.add_argument("--eval-batch", type=int, default=32, help="batch size of evaluation (default 32)")
+    common.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+
+    baseline = commands.add_parser("baseline", parents=[common], help="the base model on every retention task")
+    baseline.add_argument("--tasks", nargs="+", default=list(ev.RETENTION_TASKS), choices=ev.RETENTION_TASKS)
+    baseline.add_argument("--limit", type=int, help="questions per task (default: all)")
+
+    run = commands.add_parser("run", parents=[common], help="train and evaluate runs; finished ones are skipped")
+    run.add_argument("--task", choices=TASKS, required=True)
+    run.add_argument("--methods", nargs="+", choices=METHODS, help="methods, each at every rate of --lrs")
+    run.add_argument("--lrs", nargs="+", type=float, help="learning rates")
+    run.add_argument(
+        "--runs", nargs="+", metavar="METHOD@LR", help="or: runs in this order, e.g. full@1e-3 g-freeze@1e-4"
+    )
+    run.add_argument("--seeds", nargs="+", type=int, default=[0])
+    run.add_argument("--steps", type=int, default=300)
+    run.add_argument("--batch", type=int, default=16, help="examples per step (default 16)")
+    run.add_argument("--eval-every", type=int, default=50)
+    run.add_argument("--max-len", type=int, default=256, help="tokens per example at most (default 256)")
+    run.add_argument("--test-limit", type=int, default=300, help="new-task questions scored (default 300)")
+    run.add_argument(
+        "--retention",
+        nargs="*",
+        choices=ev.RETENTION_TASKS,
+        help="retention tasks (default: baseline.json's tasks clearly above chance)",
+    )
+    run.add_argument("--retention-limit", type=int, default=300, help="questions per retention task (default 300)")
+    run.add_argument("--pilot-steps", type=int, default=20, help="full fine-tuning steps of the layer ranking")
+    run.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="only the pilot ranking and the base model's scores (before starting workers side by side)",
+    )
+    run.add_argument("--tiny", action="store_true", help="smoke run: 2 steps, 4 questions, tiny retention")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        if (args.runs is None) == (args.methods is None or args.lrs is None):
+            parser.error("give --methods and --lrs, or --runs")
+        args.runs = (
+            [parse_run(r, parser) for r in args.runs]
+            if args.runs
+            else [(m, lr) for lr in args.lrs for m in args.methods]
+        )
+    if args.data is None:
+        parser.error(f"no task data folder: pass --data or set ${ev.DATA_ENV}")
+    if getattr(args, "tiny", False):
+        args.steps, args.batch, args.eval_every, args.test_limit, args.retention_limit = 2, 2, 1, 4, 4
+        args.pilot_steps = 1
+    if args.dtype is None:
+        args.dtype = "bf16-autocast" if pick_device(args.device).type == "cuda" else "fp32"
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    {"baseline": cmd_baseline, "run": cmd_run}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,355 @@
+"""Tables and figures from the real-model runs (benchmarks/real_models.py): the paper's protocol and a fair reading.
+
+For every folder <model>/<task>/ of runs under docs/results/real_models (one tree per machine, e.g. h200/, cpu/):
+
+* the paper's protocol: every method at the paper's rate (1e-3) for the same steps: final new-task score and
+  retention, each with its standard error;
+* the fair reading: each method at its best rate (the highest final new-task score), compared at equal new-task
+  score: the level every selected run reaches (the lowest of their final scores); retention where each run's
+  curve first reaches it (linear between evaluations), and the share of full fine-tuning's retention drop that
+  each method shows there (the question users ask: at the same new-task score, how much of what full fine-tuning
+  forgets does the method forget?);
+* the Pareto front of every run (final new-task score against final retention);
+* figures: new-task score and retention over steps per method (the paper's Figure 2), and every run's end point.
+
+Retention is the mean accuracy over the retention tasks on which the base model is clearly above chance (the
+model's baseline.json, or --tasks). Standard errors: binomial for scores; paired over the same questions for
+retention changes (the base model answered the same questions at step 0), combined over tasks; the ratio's by the
+delta method, ignoring the positive correlation of the two drops (so it is conservative).
+
+    python benchmarks/real_models_report.py                       # every folder; writes report.md and PNGs there
+    python benchmarks/real_models_report.py --results DIR --tasks arc_easy copa
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results" / "real_models"
+PAPER_LR = 1e-3
+LABELS = {
+    "full": "full FT",
+    "lora-r16": "LoRA r=16",
+    "lora-matched": "LoRA (matched)",
+    "g-freeze": "G-Freeze all",
+    "g-freeze-top": "G-Freeze top third",
+    "g-train": "G-Train all",
+    "g-train-noise": "G-Train + noise",
+    "zero-init": "zero-init growth",
+}
+
+
+@dataclass
+class Point:
+    """One evaluation: the new-task score and, per retention task, the per-question outcomes (fractional where
+    interpolated)."""
+
+    step: float
+    score: float
+    n: int
+    outcomes: dict[str, list[float]]
+
+    def retention(self, tasks: list[str]) -> float:
+        return sum(sum(self.outcomes[t]) / len(self.outcomes[t]) for t in tasks) / len(tasks)
+
+
+def point(entry: dict) -> Point:
+    outcomes = {task: [float(c) for c in r["correct"]] for task, r in entry["retention"].items()}
+    return Point(entry["step"], entry["task"]["score"], entry["task"]["n"], outcomes)
+
+
+def interpolate(a: Point, b: Point, w: float) -> Point:
+    outcomes = {t: [(1 - w) * x + w * y for x, y in zip(a.outcomes[t], b.outcomes[t], strict=True)] for t in a.outcomes}
+    return Point(a.step + w * (b.step - a.step), a.score + w * (b.score - a.score), a.n, outcomes)
+
+
+@dataclass
+class Run:
+    method: str
+    lr: float
+    seed: int
+    trainable: int
+    total: int
+    status: str
+    seconds: float
+    where: dict
+    curve: list[Point]
+
+    @property
+    def final(self) -> Point:
+        return self.curve[-1]
+
+    def at_score(self, level: float) -> Point | None:
+        """Where the curve first reaches `level`, linear between evaluations; None if it never does."""
+        for a, b in zip(self.curve, self.curve[1:], strict=False):
+            if a.score >= level:
+                return a
+            if b.score >= level:
+                return interpolate(a, b, (level - a.score) / (b.score - a.score))
+        return self.curve[-1] if self.curve[-1].score >= level else None
+
+
+def load_runs(folder: Path) -> list[Run]:
+    runs = []
+    for path in sorted(folder.glob("*_s*.json")):
+        if path.name.endswith(".partial.json"):
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        runs.append(
+            Run(
+                data["method"],
+                data["lr"],
+                data["seed"],
+                data["trainable"],
+                data["total"],
+                data["status"],
+                data["seconds_train"] + data["seconds_eval"],
+                data["where"],
+                [point(e) for e in data["curve"]],
+            )
+        )
+    return runs
+
+
+def change(after: Point, before: Point, tasks: list[str]) -> tuple[float, float]:
+    """Retention change (mean over tasks) and its paired standard error."""
+    means, variances = [], []
+    for task in tasks:
+        d = [x - y for x, y in zip(after.outcomes[task], before.outcomes[task], strict=True)]
+        mean = sum(d) / len(d)
+        var = sum((x - mean) ** 2 for x in d) / max(1, len(d) - 1) / len(d)
+        means.append(mean)
+        variances.append(var)
+    return sum(means) / len(tasks), math.sqrt(sum(variances)) / len(tasks)
+
+
+def binomial_se(p: float, n: int) -> float:
+    return math.sqrt(max(p * (1 - p), 0.0) / n)
+
+
+def ratio(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float] | None:
+    """a / b with the delta-method standard error; None where b's drop is not clearly negative."""
+    (ma, sa), (mb, sb) = a, b
+    if mb >= -2 * sb or mb == 0:
+        return None
+    r = ma / mb
+    return r, abs(r) * math.sqrt((sa / ma) ** 2 + (sb / mb) ** 2) if ma else abs(sa / mb)
+
+
+def pareto(runs: list[Run], tasks: list[str]) -> list[Run]:
+    """Runs no other run beats on both final score and final retention, by score."""
+    ends = sorted(runs, key=lambda r: (-r.final.score, -r.final.retention(tasks)))
+    front, best = [], -math.inf
+    for run in ends:
+        if run.final.retention(tasks) > best:
+            front.append(run)
+            best = run.final.retention(tasks)
+    return front
+
+
+def fmt(value: tuple[float, float] | None, scale: float = 100.0, signed: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    mean, se = value
+    return (f"{mean * scale:+.1f}" if signed else f"{mean * scale:.1f}") + f" ± {se * scale:.1f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    return "\n".join("| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *rows])
+
+
+def report(folder: Path, tasks: list[str], metric: str) -> tuple[str, dict]:
+    runs = [r for r in load_runs(folder) if r.status == "done"]
+    if not runs:
+        return f"(no finished runs in {folder})", {}
+    base = runs[0].curve[0]
+    scale = 1.0 if metric == "bleu" else 100.0
+    unit = "BLEU" if metric == "bleu" else "EM %"
+    base_ret = base.retention(tasks)
+    lines = [
+        f"Base model: new task {base.score * scale:.1f} {unit} (n={base.n}), retention {base_ret * 100:.1f}% "
+        f"(mean accuracy over {', '.join(tasks)}; "
+        + ", ".join(f"{t} {sum(base.outcomes[t]) / len(base.outcomes[t]) * 100:.1f}" for t in tasks)
+        + f"). {len(runs)} finished runs; {runs[0].where.get('gpu', runs[0].where.get('device'))}, "
+        f"{runs[0].where.get('dtype')}.",
+        "",
+    ]
+
+    def score_se(p: Point) -> tuple[float, float]:
+        return (p.score, 0.0 if metric == "bleu" else binomial_se(p.score, p.n))
+
+    # the paper's protocol
+    paper = sorted((r for r in runs if r.lr == PAPER_LR and r.seed == 0), key=lambda r: list(LABELS).index(r.method))
+    rows = [
+        [
+            LABELS[r.method],
+            f"{r.trainable:,} ({r.trainable / runs[0].total:.0%})" if r.method != "full" else f"{r.trainable:,} (100%)",
+            fmt(score_se(r.final), scale),
+            f"{r.final.retention(tasks) * 100:.1f}",
+            fmt(change(r.final, base, tasks), signed=True),
+            f"{r.seconds / 60:.1f}",
+        ]
+        for r in paper
+    ]
+    lines += [
+        f"**The paper's protocol** (every method at lr {PAPER_LR:g}, same steps):",
+        "",
+        table(
+            ["method", "trainable", f"new task ({unit})", "retention %", "retention change (points)", "minutes"], rows
+        ),
+        "",
+    ]
+
+    # the fair reading
+    best: dict[str, Run] = {}
+    for r in runs:
+        if r.seed == 0 and (r.method not in best or r.final.score > best[r.method].final.score):
+            best[r.method] = r
+    summary = {"base_score": base.score, "base_retention": base_ret, "methods": {}}
+    if "full" in best:
+        level = min(r.final.score for r in best.values())
+        full_drop = change(best["full"].at_score(level), base, tasks)
+        rows = []
+        for method in sorted(best, key=list(LABELS).index):
+            r = best[method]
+            at = r.at_score(level)
+            drop = change(at, base, tasks)
+            share = ratio(drop, full_drop) if method != "full" else None
+            rows.append(
+                [
+                    LABELS[method],
+                    f"{r.lr:.0e}",
+                    fmt(score_se(r.final), scale),
+                    f"{r.final.retention(tasks) * 100:.1f}",
+                    f"{at.step:.0f}",
+                    fmt(drop, signed=True),
+                    "1 (reference)" if method == "full" else fmt(share, scale=1.0),
+                ]
+            )
+            summary["methods"][method] = {
+                "lr": r.lr,
+                "final_score": r.final.score,
+                "drop_at_level": drop,
+                "share_of_full_drop": share,
+            }
+        summary |= {"level": level, "full_drop_at_level": full_drop}
+        lines += [
+            f"**Fair reading** (each method at its best rate; compared where each first reaches the new-task score "
+            f"{level * scale:.1f} {unit}, the lowest final score among them):",
+            "",
+            table(
+                [
+                    "method",
+                    "best lr",
+                    f"new task, end ({unit})",
+                    "retention, end %",
+                    "step at level",
+                    "retention change at level (points)",
+                    "share of full FT's drop",
+                ],
+                rows,
+            ),
+            "",
+        ]
+    front = pareto(runs, tasks)
+    lines.append(
+        "Pareto front (final new-task score, final retention %): "
+        + "; ".join(
+            f"{LABELS[r.method]} lr {r.lr:.0e} s{r.seed} "
+            f"({r.final.score * scale:.1f}, {r.final.retention(tasks) * 100:.1f})"
+            for r in front
+        )
+    )
+    summary["pareto"] = [[r.method, r.lr, r.seed] for r in front]
+    plot(folder, runs, best, tasks, scale, unit)
+    return "\n".join(lines), summary
+
+
+def plot(folder: Path, runs: list[Run], best: dict[str, Run], tasks: list[str], scale: float, unit: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = dict(zip(LABELS, plt.get_cmap("tab10").colors, strict=False))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for col, (title, chosen) in enumerate(
+        [
+            (f"paper's protocol (lr {PAPER_LR:g})", [r for r in runs if r.lr == PAPER_LR and r.seed == 0]),
+            ("each method at its best rate", list(best.values())),
+        ]
+    ):
+        for r in chosen:
+            steps = [p.step for p in r.curve]
+            label = f"{LABELS[r.method]} ({r.lr:.0e})"
+            axes[0, col].plot(steps, [p.score * scale for p in r.curve], color=colors[r.method], label=label)
+            axes[1, col].plot(steps, [p.retention(tasks) * 100 for p in r.curve], color=colors[r.method])
+        axes[0, col].set(title=title, ylabel=f"new task ({unit})")
+        axes[1, col].set(xlabel="step", ylabel="retention (mean accuracy %)")
+        axes[0, col].legend(fontsize=7)
+    fig.suptitle(f"{folder.parent.name} / {folder.name}: learning (top) and retention (bottom)")
+    fig.tight_layout()
+    fig.savefig(folder / "curves.png", dpi=80)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4.6))
+    for method in LABELS:
+        own = [r for r in runs if r.method == method]
+        if own:
+            ax.scatter(
+                [r.final.score * scale for r in own],
+                [r.final.retention(tasks) * 100 for r in own],
+                color=colors[method],
+                label=LABELS[method],
+                s=24,
+            )
+    front = pareto(runs, tasks)
+    ax.plot(
+        [r.final.score * scale for r in front],
+        [r.final.retention(tasks) * 100 for r in front],
+        color="black",
+        lw=1,
+        drawstyle="steps-pre",
+    )
+    for r in front:
+        ax.annotate(f"{r.lr:.0e}", (r.final.score * scale, r.final.retention(tasks) * 100), fontsize=7)
+    base = runs[0].curve[0]
+    ax.axhline(base.retention(tasks) * 100, color="grey", ls=":", lw=1, label="base model")
+    ax.set(
+        xlabel=f"new task, end ({unit})",
+        ylabel="retention, end (%)",
+        title=f"{folder.parent.name} / {folder.name}: every run (upper right is better)",
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / "pareto.png", dpi=80)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--tasks", nargs="+", help="retention tasks (default: the model's baseline.json)")
+    args = parser.parse_args(argv)
+    for folder in sorted(p.parent for p in args.results.rglob("base.json")):
+        model = folder.parent.name
+        baselines = sorted(p for p in args.results.rglob("baseline.json") if p.parent.name == model)
+        tasks = args.tasks or (json.loads(baselines[0].read_text())["above_chance"] if baselines else None)
+        if not tasks:
+            raise SystemExit(f"error: no retention tasks for {model}: pass --tasks or measure its baseline.json")
+        first = json.loads(next(folder.glob("base.json")).read_text())
+        tasks = [t for t in tasks if t in first["point"]["retention"]]
+        metric = "bleu" if folder.name == "mtnt" else "exact_match"
+        text, summary = report(folder, tasks, metric)
+        (folder / "report.md").write_text(f"# {model} / {folder.name}\n\n{text}\n", encoding="utf-8")
+        (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+        print(f"## {folder.relative_to(args.results)}\n\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""The real-model benchmark (benchmarks/real_models.py and its report) end to end on in-repository material: the
+stories260K model stands in for the real models, the task slices in tests/data for the shared data. Checked: the
+answer-only loss, resumable runs with one JSON each, the refusal to mix evaluation settings, and the report's
+equal-score reading on hand-made curves."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import real_models  # noqa: E402
+import real_models_report as report  # noqa: E402
+
+from peft_grow import evaluation as ev  # noqa: E402
+
+MODEL = ROOT / "examples" / "data" / "stories260K"
+DATA = ROOT / "tests" / "data" / "tasks"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """A task folder: the QASC slice serves as both training and test split."""
+    root = tmp_path_factory.mktemp("tasks")
+    shutil.copytree(DATA, root, dirs_exist_ok=True)
+    shutil.copy(DATA / "qasc" / "dev.json", root / "qasc" / "train.json")
+    return root
+
+
+def run_args(data: Path, results: Path, *extra: str) -> list[str]:
+    return [
+        "run",
+        "--model",
+        "stories",
+        "--model-dir",
+        str(MODEL),
+        "--data",
+        str(data),
+        "--results",
+        str(results),
+        "--task",
+        "qasc",
+        "--tiny",
+        "--retention",
+        "copa",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def finished(data, tmp_path_factory) -> Path:
+    results = tmp_path_factory.mktemp("results")
+    real_models.main(run_args(data, results, "--runs", "full@1e-3", "g-freeze-top@1e-3", "lora-r16@1e-2"))
+    return results / "stories" / "qasc"
+
+
+def test_answer_loss_is_the_mean_over_answer_tokens_of_each_example_alone():
+    tokenizer = AutoTokenizer.from_pretrained(MODEL)
+    model = AutoModelForCausalLM.from_pretrained(MODEL).eval()
+    encoded = real_models.encode(tokenizer, ev.qasc_examples(DATA / "qasc" / "dev.json")[:5])
+    assert all(e.answer[-1] == tokenizer.eos_token_id for e in encoded)
+    batch = real_models.collate(encoded, ev._pad_id(tokenizer), max_len=256)
+    assert batch["input_ids"].shape[1] == max(len(e.prompt) + len(e.answer) for e in encoded)  # left-padded rows
+    with torch.no_grad():
+        loss = real_models.answer_loss(model, batch, torch.device("cpu"))
+        whole_rows = model(**real_models.full_label_batch(batch)).loss
+        total, count = 0.0, 0
+        for e in encoded:  # each example alone, unpadded
+            ids = torch.tensor([e.prompt + e.answer])
+            labels = ids.clone()
+            labels[:, : len(e.prompt)] = -100
+            total += model(input_ids=ids, labels=labels).loss * len(e.answer)
+            count += len(e.answer)
+    assert loss.item() == pytest.approx(total.item() / count, abs=1e-5)
+    assert loss.item() == pytest.approx(whole_rows.item(), abs=1e-5)
+
+
+def test_each_run_writes_one_json_with_its_curve_and_where_it_ran(finished):
+    names = sorted(p.name for p in finished.glob("*_s0.json"))
+    assert names == ["full_lr1e-03_s0.json", "g-freeze-top_lr1e-03_s0.json", "lora-r16_lr1e-02_s0.json"]
+    assert not list(finished.glob("*.lock")) and not list(finished.glob("*.partial.json"))
+    base = json.loads((finished / "base.json").read_text())["point"]
+    layers = AutoModelForCausalLM.from_pretrained(MODEL).config.num_hidden_layers
+    assert json.loads((finished / "context.json").read_text())["top"].__len__() == max(1, layers // 3)
+    for name in names:
+        run = json.loads((finished / name).read_text())
+        assert run["status"] == "done" and run["where"]["device"] == "cpu" and run["where"]["dtype"] == "fp32"
+        assert [p["step"] for p in run["curve"]] == [0, 1, 2]
+        assert run["curve"][0]["task"] == base["task"]  # step 0 is the base model, measured once
+        assert len(run["curve"][-1]["retention"]["copa"]["correct"]) == 4  # --tiny: 4 retention questions
+        assert 0 < run["trainable"] <= run["total"]
+    full = json.loads((finished / "full_lr1e-03_s0.json").read_text())
+    assert full["trainable"] == full["total"]
+
+
+def test_a_rerun_skips_finished_runs(data, finished, capsys):
+    before = {p: p.stat().st_mtime_ns for p in finished.glob("*.json")}
+    real_models.main(run_args(data, finished.parents[1], "--runs", "full@1e-3"))
+    assert {p: p.stat().st_mtime_ns for p in finished.glob("*.json")} == before
+    assert "full" not in capsys.readouterr().out
+
+
+def test_other_evaluation_settings_are_refused_in_the_same_folder(data, finished):
+    with pytest.raises(SystemExit, match="only comparable with the same evaluation"):
+        real_models.main(run_args(data, finished.parents[1], "--runs", "full@3e-4", "--retention", "copa", "boolq"))
+
+
+def test_a_run_claimed_by_a_live_worker_is_left_alone(tmp_path):
+    path = tmp_path / "full_lr1e-03_s0.json"
+    with real_models.claimed(path) as first, real_models.claimed(path) as second:
+        assert first and not second
+    path.with_suffix(".lock").write_text(f"{real_models.socket.gethostname()} 999999999")  # a dead process
+    with real_models.claimed(path) as taken_over:
+        assert taken_over
+    assert not path.with_suffix(".lock").exists()
+
+
+def test_runs_must_name_a_method_and_a_rate(data, tmp_path):
+    with pytest.raises(SystemExit):
+        real_models.main(run_args(data, tmp_path, "--runs", "sgd@1e-3"))
+    with pytest.raises(SystemExit):
+        real_models.main(run_args(data, tmp_path, "--methods", "full"))
+
+
+def test_the_report_reads_the_runs_and_draws_the_figures(finished, capsys):
+    report.main(["--results", str(finished.parents[1]), "--tasks", "copa"])
+    text = (finished / "report.md").read_text()
+    assert "paper's protocol" in text and "Fair reading" in text and "Pareto front" in text
+    for label in ("full FT", "G-Freeze top third", "LoRA r=16"):
+        assert label in text
+    for name in ("curves.png", "pareto.png"):
+        assert (finished / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((finished / "summary.json").read_text())
+    assert set(summary["methods"]) == {"full", "g-freeze-top", "lora-r16"}
+
+
+def point(step, score, correct):
+    return report.Point(step, score, 100, {"copa": [float(c) for c in correct]})
+
+
+def test_equal_score_reading_on_hand_made_curves():
+    base = point(0, 0.0, [1, 1, 1, 1])
+    full = report.Run(
+        "full", 1e-4, 0, 10, 10, "done", 1.0, {}, [base, point(10, 0.4, [1, 1, 0, 0]), point(20, 0.6, [1, 0, 0, 0])]
+    )
+    grow = report.Run(
+        "g-freeze", 1e-3, 0, 5, 15, "done", 1.0, {}, [base, point(10, 0.2, [1, 1, 1, 1]), point(20, 0.5, [1, 1, 1, 0])]
+    )
+    at = full.at_score(0.5)  # halfway between steps 10 and 20
+    assert at.step == pytest.approx(15) and at.outcomes["copa"] == pytest.approx([1, 0.5, 0, 0])
+    assert grow.at_score(0.5).step == 20 and grow.at_score(0.9) is None
+    drop_full = report.change(at, base, ["copa"])
+    drop_grow = report.change(grow.at_score(0.5), base, ["copa"])
+    assert drop_full[0] == pytest.approx(-0.625) and drop_grow[0] == pytest.approx(-0.25)
+    share = report.ratio(drop_grow, drop_full)
+    assert share[0] == pytest.approx(0.4) and share[1] > 0
+    assert report.ratio(drop_grow, (0.0, 0.1)) is None  # no clear drop of full fine-tuning: no share
+    assert [r.method for r in report.pareto([full, grow], ["copa"])] == ["full", "g-freeze"]
