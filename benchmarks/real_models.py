@@ -169,47 +169,41 @@ def encode(tokenizer, examples: list[ev.Example]) -> list[Encoded]:
 
 
 def collate(items: list[Encoded], pad_id: int, max_len: int) -> dict[str, torch.Tensor]:
-    """A left-padded batch; `answer_len` is the widest answer, so the loss needs logits at the last positions only.
+    """A right-padded batch, and the positions whose logits predict an answer token in some row (`keep`).
 
+    Right padding leaves no row of queries fully masked (on CUDA, attention over a fully masked row gives NaN, and
+    0 * NaN poisons every gradient). The loss needs logits at `keep` only: a few positions per row instead of all.
     Prompts longer than `max_len` minus their answer lose their beginning (the question stays next to the answer).
     """
     rows = [(it.prompt + it.answer)[-max_len:] for it in items]
-    answer_lens = [min(len(it.answer), len(r) - 1) for it, r in zip(items, rows, strict=True)]
+    starts = [len(r) - min(len(it.answer), len(r) - 1) for it, r in zip(items, rows, strict=True)]  # first answer
     width = max(map(len, rows))
     input_ids = torch.full((len(rows), width), pad_id)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, width - len(row) :] = torch.tensor(row)
-        mask[i, width - len(row) :] = 1
-    keep = max(answer_lens) + 1
-    # target j of the kept window is token width-keep+1+j; it is an answer token if it lies in the row's answer
-    target_pos = torch.arange(width - keep + 1, width)
-    is_answer = target_pos[None, :] >= (width - torch.tensor(answer_lens))[:, None]
-    labels = torch.where(is_answer, input_ids[:, width - keep + 1 :], -100)
-    return {
-        "input_ids": input_ids,
-        "attention_mask": mask,
-        "position_ids": (mask.cumsum(1) - 1).clamp(min=0),
-        "labels": labels,
-        "keep": keep,
-    }
+    targets = torch.full((len(rows), width), -100)  # targets[i, t]: the token that position t must predict
+    for i, (row, start) in enumerate(zip(rows, starts, strict=True)):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+        targets[i, start - 1 : len(row) - 1] = torch.tensor(row[start:])
+    keep = (targets != -100).any(0).nonzero().flatten()
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": targets[:, keep], "keep": keep}
 
 
 def answer_loss(model: torch.nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
-    """Mean cross-entropy over answer tokens, from logits at the last `keep` positions only (a 262k-word vocabulary
+    """Mean cross-entropy over answer tokens, from logits at the `keep` positions only (a 262k-word vocabulary
     makes full logits the most expensive part of a step)."""
-    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids")}
-    logits = model(**inputs, logits_to_keep=batch["keep"]).logits[:, :-1].float()
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
+    logits = model(**inputs, logits_to_keep=batch["keep"].to(device)).logits.float()
     labels = batch["labels"].to(device)
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
 
 
 def full_label_batch(batch: dict) -> dict:
     """The same batch with labels over whole rows, for code that calls model(**batch).loss (the pilot ranking);
-    the model shifts them itself."""
+    models shift labels themselves, so each answer token stands at its own position."""
     labels = torch.full_like(batch["input_ids"], -100)
-    labels[:, -batch["labels"].shape[1] :] = batch["labels"]
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")} | {"labels": labels}
+    labels[:, batch["keep"] + 1] = batch["labels"]
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
 
 
 def batches(data: list[Encoded], size: int, seed: int, pad_id: int, max_len: int) -> Iterator[dict]:
