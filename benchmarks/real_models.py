@@ -45,6 +45,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import socket
 import tempfile
 import time
@@ -99,6 +100,7 @@ class Task:
 
 TASKS = {
     "qasc": Task("qasc/train.json", "qasc/dev.json", "qasc_examples", "exact_match", 4),
+    "qasc-facts": Task("qasc/train.json", "qasc/dev.json", "qasc_examples_with_facts", "exact_match", 4),
     "mathqa": Task("mathqa/dev.json", "mathqa/test.json", "mathqa_examples", "exact_match", 4),
     "mtnt": Task("mtnt/valid.en-fr.tsv", "mtnt/test.en-fr.tsv", "mtnt_examples", "bleu", 96),
 }
@@ -106,7 +108,10 @@ TASKS = {
 
 def read_examples(data: Path, task: str, split: str) -> list[ev.Example]:
     spec = TASKS[task]
-    return getattr(ev, spec.reader)(data / getattr(spec, split))
+    path = data / getattr(spec, split)
+    if spec.reader == "qasc_examples_with_facts":
+        return ev.qasc_examples(path, with_facts=True)
+    return getattr(ev, spec.reader)(path)
 
 
 def spread(items: list, n: int) -> list:
@@ -256,13 +261,14 @@ def retention_scores(model, tokenizer, tasks: list[str], data: Path, limit: int 
         samples = sorted(results["samples"][name], key=lambda s: s["doc_id"])
         correct = [int(s[metric]) for s in samples]
         chance = [1 / len(s["arguments"]) for s in samples]
-        targets = [str(s["target"]) for s in samples]
+        targets = [s["target"] for s in samples]  # the gold choice's index (WinoGrande's is its continuation)
         scores[task] = {
             "metric": metric,
             "acc": sum(correct) / len(correct),
             "n": len(correct),
             "chance": sum(chance) / len(chance),
-            "majority": max(map(targets.count, set(targets))) / len(targets),  # always answering the commonest
+            # always answering the commonest choice; WinoGrande's two options are balanced by design
+            "majority": max(map(targets.count, set(targets))) / len(targets) if task != "winogrande" else 0.5,
             "correct": "".join(map(str, correct)),
         }
     return scores
@@ -421,7 +427,19 @@ def train_run(setup: Setup, method: str, lr: float, seed: int, path: Path, base_
             started = time.perf_counter()
     if run.status == "running":
         run.status = "done"
+    if args.keep_weights:
+        keep_weights(model, args.keep_weights / args.model / setup.task / path.stem)
     return run
+
+
+def keep_weights(model: torch.nn.Module, folder: Path) -> None:
+    """The trained weights, for later analysis (function vectors): an adapter folder for PEFT methods, a full
+    checkpoint for full fine-tuning; written to a temporary folder and renamed."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    model.save_pretrained(temporary)
+    shutil.rmtree(folder, ignore_errors=True)
+    temporary.replace(folder)
 
 
 def base_point(setup: Setup, folder: Path) -> dict:
@@ -632,6 +650,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     run.add_argument("--retention-limit", type=int, default=300, help="questions per retention task (default 300)")
     run.add_argument("--pilot-steps", type=int, default=20, help="full fine-tuning steps of the layer ranking")
+    run.add_argument(
+        "--keep-weights", type=Path, metavar="DIR", help="save each run's trained weights under DIR/<model>/<task>/"
+    )
     run.add_argument(
         "--prepare-only",
         action="store_true",

@@ -55,7 +55,12 @@ def run_args(data: Path, results: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def finished(data, tmp_path_factory) -> Path:
     results = tmp_path_factory.mktemp("results")
-    real_models.main(run_args(data, results, "--runs", "full@1e-3", "g-freeze-top@1e-3", "lora-r16@1e-2"))
+    weights = results / "weights"
+    real_models.main(
+        run_args(
+            data, results, "--runs", "full@1e-3", "g-freeze-top@1e-3", "lora-r16@1e-2", "--keep-weights", str(weights)
+        )
+    )
     return results / "stories" / "qasc"
 
 
@@ -97,6 +102,18 @@ def test_each_run_writes_one_json_with_its_curve_and_where_it_ran(finished):
         assert 0 < run["trainable"] <= run["total"]
     full = json.loads((finished / "full_lr1e-03_s0.json").read_text())
     assert full["trainable"] == full["total"]
+
+
+def test_kept_weights_reload_as_a_full_checkpoint_or_an_adapter(finished):
+    weights = finished.parents[1] / "weights" / "stories" / "qasc"
+    assert sorted(p.name for p in weights.iterdir()) == [
+        "full_lr1e-03_s0",
+        "g-freeze-top_lr1e-03_s0",
+        "lora-r16_lr1e-02_s0",
+    ]
+    assert (weights / "full_lr1e-03_s0" / "model.safetensors").is_file()
+    config = json.loads((weights / "g-freeze-top_lr1e-03_s0" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "GROW"
 
 
 def test_a_rerun_skips_finished_runs(data, finished, capsys):
