@@ -4,6 +4,7 @@
     peft-grow inspect ADAPTER_DIR
     peft-grow merge BASE ADAPTER OUT [--layout pad|per-layer] [--dtype ...] [--overwrite]
     peft-grow rank-layers MODEL TEXT [--top 10] [--method pilot|gradient] [--steps 30] [--lr 1e-4]
+    peft-grow function-vectors BASE [ADAPTER_OR_MODEL ...] [--task capitalize] [--prompts 32] [--top 10]
 
 Structure: every command is a function registered on `app` with `@app.command()`, whose body runs inside
 `user_errors()`: a user error (a missing or unreadable file, a bad value, an architecture that cannot be grown)
@@ -546,6 +547,83 @@ def print_report(report: AdapterReport, console: Console) -> None:
         return
     console.print(Text(f"verdict: INCONSISTENT ({len(report.problems)} problem(s))"))
     console.print(bullets(report.problems))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# function-vectors
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class FVTask(StrEnum):
+    capitalize = "capitalize"
+    uppercase = "uppercase"
+    first_letter = "first_letter"
+    last_letter = "last_letter"
+    copy = "copy"
+
+
+@app.command("function-vectors")
+def function_vectors_command(
+    base: Annotated[str, typer.Argument(help="The base model: a local folder, or a Hub id (needs network).")],
+    others: Annotated[
+        list[str] | None,
+        typer.Argument(help="Fine-tuned models to compare with BASE: adapter folders (loaded onto BASE) or models."),
+    ] = None,
+    task: Annotated[FVTask, typer.Option(help="The in-context task.")] = FVTask.capitalize,
+    prompts: Annotated[int, typer.Option(min=2, help="Prompts per set (clean, corrupted, zero-shot).")] = 32,
+    shots: Annotated[int, typer.Option(min=2, help="Demonstrations per prompt.")] = 5,
+    top: Annotated[int, typer.Option(min=1, help="Causal heads in the function vector.")] = 10,
+    seed: Annotated[int, typer.Option(help="Random seed of the prompts.")] = 0,
+) -> None:
+    """Function vectors (Todd et al. 2024; paper section 4.5) of BASE and of each fine-tuned model: in-context
+    and zero-shot accuracy, the vector's zero-shot effect, the top heads, and how many heads and how much of the
+    vector each model shares with BASE."""
+    import torch
+
+    from . import function_vectors as fv
+
+    quiet_libraries()
+    console = make_console()
+    table = Table(box=None, pad_edge=False, padding=(0, 2), header_style="bold")
+    for column in ("model", "ICL acc", "zero-shot", "+ vector", f"top-{top} heads (layer.head)", "shared", "cosine"):
+        table.add_column(column, justify="left" if column in ("model", f"top-{top} heads (layer.head)") else "right")
+    with user_errors(), torch.no_grad():
+        reference = None
+        for path in [base, *(others or [])]:
+            model, tokenizer = _load_for_analysis(base, path)
+            result = fv.analyze(model, tokenizer, task.value, n_prompts=prompts, shots=shots, k=top, seed=seed)
+            shared, cosine = fv.compare(reference, result) if reference else (top, 1.0)
+            reference = reference or result
+            heads = " ".join(f"{layer}.{head}" for layer, head in result.heads)
+            table.add_row(
+                path,
+                f"{result.icl_accuracy:.2f}",
+                f"{result.zero_shot:.2f}",
+                f"{result.zero_shot_with_vector:.2f}",
+                heads,
+                f"{shared}/{top}",
+                f"{cosine:.3f}",
+            )
+    console.print(table)
+    console.print(
+        Text(f"task {task.value}, {prompts} prompts of {shots} shots; vector added after layer {reference.layer}.")
+    )
+
+
+def _load_for_analysis(base: str, path: str):
+    """A model and tokenizer: `path` itself, or an adapter folder loaded onto `base`."""
+    import transformers
+    from peft import PeftModel
+
+    if not os.path.isdir(path) and (os.path.isabs(path) or path.startswith(".") or path.count("/") != 1):
+        raise FileNotFoundError(f"{path}: no such folder (expected a model folder, an adapter folder or a Hub id).")
+    adapter = os.path.isfile(os.path.join(path, "adapter_config.json"))
+    source = base if adapter else path
+    architecture = transformers.AutoConfig.from_pretrained(source).architectures[0]
+    model = getattr(transformers, architecture).from_pretrained(source, dtype="auto")
+    if adapter:
+        model = PeftModel.from_pretrained(model, path)
+    return model.eval(), transformers.AutoTokenizer.from_pretrained(source)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -108,3 +108,17 @@ def test_trained_weights_move_the_heads_and_lora_wrapped_projections_are_found(m
 def test_a_model_without_known_projections_is_refused_with_the_fix(model):
     with pytest.raises(ValueError, match="no attention output projection.*regular expression"):
         fv.find_heads(model, pattern=r"no_such_module$")
+
+
+def test_the_command_line_compares_an_adapter_with_its_base(model, tmp_path, capsys):
+    from peft_grow import cli
+
+    get_peft_model(copy.deepcopy(model), GrowConfig(k=2)).save_pretrained(tmp_path / "grown")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["function-vectors", str(MODEL), str(tmp_path / "grown"), "--prompts", "4", "--task", "copy"])
+    assert exit_info.value.code == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "10/10" in line]
+    assert len(rows) == 2 and all("1.000" in row for row in rows)  # a fresh adapter: the base's heads and vector
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["function-vectors", str(MODEL), str(tmp_path / "missing")])
+    assert exit_info.value.code == 2 and "no such folder" in capsys.readouterr().err
