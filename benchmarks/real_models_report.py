@@ -163,8 +163,8 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join("| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *rows])
 
 
-def report(folder: Path, tasks: list[str], metric: str) -> tuple[str, dict]:
-    runs = [r for r in load_runs(folder) if r.status == "done"]
+def report(folder: Path, tasks: list[str], metric: str, unfinished: bool = False) -> tuple[str, dict]:
+    runs = [r for r in load_runs(folder) if r.status == "done" or unfinished]
     if not runs:
         return f"(no finished runs in {folder})", {}
     base = runs[0].curve[0]
@@ -175,7 +175,8 @@ def report(folder: Path, tasks: list[str], metric: str) -> tuple[str, dict]:
         f"Base model: new task {base.score * scale:.1f} {unit} (n={base.n}), retention {base_ret * 100:.1f}% "
         f"(mean accuracy over {', '.join(tasks)}; "
         + ", ".join(f"{t} {sum(base.outcomes[t]) / len(base.outcomes[t]) * 100:.1f}" for t in tasks)
-        + f"). {len(runs)} finished runs; {runs[0].where.get('gpu', runs[0].where.get('device'))}, "
+        + f"). {len(runs)} runs ({sum(r.status != 'done' for r in runs)} stopped before the end, compared at their "
+        f"last evaluation); {runs[0].where.get('gpu', runs[0].where.get('device'))}, "
         f"{runs[0].where.get('dtype')}.",
         "",
     ]
@@ -335,17 +336,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--tasks", nargs="+", help="retention tasks (default: the model's baseline.json)")
+    parser.add_argument(
+        "--include-unfinished", action="store_true", help="also runs that stopped early (their last evaluation)"
+    )
     args = parser.parse_args(argv)
     for folder in sorted(p.parent for p in args.results.rglob("base.json")):
         model = folder.parent.name
-        baselines = sorted(p for p in args.results.rglob("baseline.json") if p.parent.name == model)
+        found = [*args.results.rglob("baseline.json"), *RESULTS.rglob("baseline.json")]  # any machine's will do
+        baselines = sorted(p for p in found if p.parent.name == model)
         tasks = args.tasks or (json.loads(baselines[0].read_text())["above_chance"] if baselines else None)
         if not tasks:
             raise SystemExit(f"error: no retention tasks for {model}: pass --tasks or measure its baseline.json")
         first = json.loads(next(folder.glob("base.json")).read_text())
         tasks = [t for t in tasks if t in first["point"]["retention"]]
         metric = "bleu" if folder.name == "mtnt" else "exact_match"
-        text, summary = report(folder, tasks, metric)
+        if not any(folder.glob("*_s*.json")):
+            continue
+        text, summary = report(folder, tasks, metric, args.include_unfinished)
         (folder / "report.md").write_text(f"# {model} / {folder.name}\n\n{text}\n", encoding="utf-8")
         (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
         print(f"## {folder.relative_to(args.results)}\n\n{text}\n")
