@@ -59,31 +59,44 @@ def save_merged(
     config = model.active_peft_config
     if not isinstance(config, GrowConfig):
         raise ValueError(f"save_merged expects a model with an active grown adapter, found {type(config).__name__}.")
-    merged = model.merge_and_unload()
+    merged = model.merge_and_unload(layout=None)
     if dtype is not None:
         merged = merged.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-    layout_of_mlps = GrowConfig(
-        up_modules=config.up_modules, down_modules=config.down_modules, fused_up_chunks=config.fused_up_chunks
-    )
-    mlps = plan_growth(merged, layout_of_mlps)
-    width = max(mlp.width for mlp in mlps)
-    if layout == "pad" or all(mlp.width == width for mlp in mlps):
-        for mlp in mlps:
-            _pad_mlp(merged, mlp, width)
-        _set_config_width(merged.config, resolve_layout(merged, layout_of_mlps).width_key, width)
-        original_format = True
-    else:
-        shapes = {name: list(linear_shape(merged.get_submodule(name))) for mlp in mlps for name in (*mlp.up, mlp.down)}
-        setattr(merged.config, SHAPES_KEY, shapes)
-        original_format = False  # keys as in memory, so that load_merged can read them without conversions
+    widths = describe_merged(merged, config, layout)
+    original_format = not hasattr(merged.config, SHAPES_KEY)  # per-layer: keys as in memory, for load_merged
     architecture = merged.config.architectures[0] if merged.config.architectures else type(merged).__name__
 
     def write(folder: Path) -> None:
         merged.save_pretrained(folder, max_shard_size=max_shard_size, save_original_format=original_format)
-        write_merged_card(folder, config, layout, architecture, [mlp.width for mlp in mlps])
+        write_merged_card(folder, config, layout, architecture, widths)
 
     _write_atomically(out_dir, overwrite, write)
     return merged
+
+
+def describe_merged(merged: nn.Module, config: GrowConfig, layout: str = "pad") -> list[int]:
+    """Give a merged model a config that describes it, in `layout`; returns its MLPs' real widths.
+
+    "pad" widens the MLPs narrower than the widest with zero units and sets the config's width, so that
+    `save_pretrained` and plain `from_pretrained` round-trip; "per-layer" records every MLP's shape under
+    `peft_grow_shapes` for `load_merged`. When every MLP was grown, both just set the config's width.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
+    layout_of_mlps = GrowConfig(
+        up_modules=config.up_modules, down_modules=config.down_modules, fused_up_chunks=config.fused_up_chunks
+    )
+    mlps = plan_growth(merged, layout_of_mlps)
+    widths = [mlp.width for mlp in mlps]
+    width = max(widths)
+    if layout == "pad" or all(w == width for w in widths):
+        for mlp in mlps:
+            _pad_mlp(merged, mlp, width)
+        _set_config_width(merged.config, resolve_layout(merged, layout_of_mlps).width_key, width)
+    else:
+        shapes = {name: list(linear_shape(merged.get_submodule(name))) for mlp in mlps for name in (*mlp.up, mlp.down)}
+        setattr(merged.config, SHAPES_KEY, shapes)
+    return widths
 
 
 def save_adapter(model, out_dir: str | os.PathLike, overwrite: bool = False, **kwargs) -> None:

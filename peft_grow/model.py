@@ -13,6 +13,7 @@ from torch import nn
 
 from .architectures import plan_growth
 from .checkpoint import GrowCheckpointError
+from .config import GrowConfig
 from .layer import GrowDownLayer, GrowLayer, GrowUpLayer
 
 
@@ -86,6 +87,30 @@ class GrowModel(BaseTuner):
         if safe_merge:
             self._check_merge(adapter_names)
         super().merge_adapter(adapter_names=adapter_names, safe_merge=False)
+
+    def merge_and_unload(
+        self,
+        progressbar: bool = False,
+        safe_merge: bool = False,
+        adapter_names: list[str] | None = None,
+        layout: str | None = "pad",
+    ) -> nn.Module:
+        """PEFT's merge_and_unload, returning a model whose config describes its wider MLPs.
+
+        layout="pad" (default) also widens the MLPs that were not grown with zero units (exact), so that
+        `merged.save_pretrained(d)` reloads with plain `from_pretrained(d)`; "per-layer" keeps each MLP's width and
+        records it for `peft_grow.load_merged`; None leaves model and config as merged (see peft_grow.export).
+        """
+        from .export import LAYOUTS, describe_merged
+
+        if layout not in (None, *LAYOUTS):  # before anything is merged
+            raise ValueError(f"layout must be one of {LAYOUTS} or None, got {layout!r}.")
+        name = adapter_names[0] if adapter_names else self.active_adapters[0]
+        config = self.peft_config[name]
+        merged = super().merge_and_unload(progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)
+        if layout is not None and isinstance(config, GrowConfig):
+            describe_merged(merged, config, layout)
+        return merged
 
     def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
         if merge and safe_merge:

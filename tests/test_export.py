@@ -229,3 +229,31 @@ def test_bad_layout_and_non_grown_model_are_refused(tmp_path):
     model, _ = grown("llama")
     with pytest.raises(ValueError, match="layout must be one of"):
         save_merged(model, tmp_path / "out", layout="ragged")
+
+
+@pytest.mark.parametrize("name", ARCHS)
+@pytest.mark.parametrize("layers", [None, [0]], ids=["all", "some"])
+def test_merge_and_unload_then_save_pretrained_reloads_with_plain_transformers(tmp_path, name, layers):
+    """The flow PEFT users know: the merged model's config names its MLP width, so its own save_pretrained
+    reloads with plain from_pretrained (the MLPs that were not grown are padded with zero units)."""
+    model, inputs = grown(name, layers=layers)
+    adapter_logits = logits(model, inputs)
+    merged = model.merge_and_unload()
+    assert (logits(merged, inputs) - adapter_logits).abs().max() <= 1e-5
+    merged.save_pretrained(tmp_path / "merged")
+    auto = type(merged)
+    loaded = auto.from_pretrained(tmp_path / "merged").to(DEVICE)
+    assert torch.equal(logits(loaded, inputs), logits(merged, inputs))
+
+
+def test_merge_and_unload_per_layer_keeps_real_widths_and_a_bad_layout_merges_nothing(tmp_path):
+    model, inputs = grown("llama", layers=[0])
+    with pytest.raises(ValueError, match="layout must be one of"):
+        model.merge_and_unload(layout="ragged")
+    assert any(isinstance(m, GrowLayer) for m in model.modules())  # still the adapter model
+    expected = logits(model, inputs)
+    merged = model.merge_and_unload(layout="per-layer")
+    widths = {layer.mlp.up_proj.out_features for layer in merged.model.layers}
+    assert widths == {2 * merged.config.intermediate_size, merged.config.intermediate_size}
+    assert hasattr(merged.config, peft_grow.export.SHAPES_KEY)
+    assert (logits(merged, inputs) - expected).abs().max() <= 1e-5
