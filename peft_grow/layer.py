@@ -141,6 +141,27 @@ class GrowLayer(BaseTunerLayer):
         self.merged_adapters: list[str] = []
         self._original_base: tuple[nn.Parameter, nn.Parameter | None] | None = None  # kept while merged
 
+    # -- feature counts as PEFT's layers expose them: the widths the layer computes with now --
+    @property
+    def in_features(self) -> int:
+        return linear_shape(self.get_base_layer())[0] * (self._active_k() if self.widens_input else 1)
+
+    @property
+    def out_features(self) -> int:
+        return linear_shape(self.get_base_layer())[1] * (1 if self.widens_input else self._active_k())
+
+    widens_input = False  # the down projection takes the wider input; up-side projections give the wider output
+
+    def _active_k(self) -> int:
+        """The growth factor applied around the base layer now: 1 when disabled or merged (a merged base layer is
+        already wide), else the active adapter's k. Unlike the forward, this never unmerges."""
+        if self.disable_adapters or self.merged:
+            return 1
+        active = self.active_adapter
+        name = active if isinstance(active, str) else next(iter(active), None)
+        settings = self.grow_settings.get(name)
+        return settings.k if settings is not None else 1
+
     # -- layouts: new tensors are built in Linear layout [out, in] and stored in the base module's layout --
     def _linear_weight(self) -> torch.Tensor:
         return linear_layout(self.get_base_layer().weight, self.conv1d)
@@ -420,6 +441,8 @@ class GrowUpLayer(nn.Module, GrowLayer):
 
 class GrowDownLayer(nn.Module, GrowLayer):
     """The down projection p -> h, fed k*p: x = [x_0 | x_1 ... x_{k-1}], block j weighted W_down / k."""
+
+    widens_input = True
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config, **kwargs) -> None:
         nn.Module.__init__(self)

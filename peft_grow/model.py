@@ -30,6 +30,20 @@ class GrowthSummary:
         return self.trainable_params / self.base_params
 
 
+def _refuse_saving_grown_modules(config, grown: list[str]) -> None:
+    """A projection that growth widens cannot also be a full trainable copy (modules_to_save): the copy keeps
+    the old width, and the MLP around it would be half grown."""
+    for entry in config.modules_to_save or []:
+        clash = [name for name in grown if name == entry or name.endswith("." + entry)]
+        if clash:
+            raise ValueError(
+                f"GrowConfig.modules_to_save names {entry!r}, which growth widens ({clash[0]}"
+                + (f" and {len(clash) - 1} more" if len(clash) > 1 else "")
+                + "): a module cannot be both grown and fully trained. Remove it from modules_to_save, or leave "
+                "its MLP out of growth with exclude_modules or layers."
+            )
+
+
 class GrowModel(BaseTuner):
     """Grows the MLPs chosen by a `GrowConfig` (see `peft_grow.config`).
 
@@ -57,6 +71,7 @@ class GrowModel(BaseTuner):
             self._up_chunks.update({name: mlp.chunks for name in mlp.up})
             self._up_chunks[mlp.down] = None
         config.target_modules = sorted(self._up_chunks)
+        _refuse_saving_grown_modules(config, config.target_modules)
         super().inject_adapter(
             model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, low_cpu_mem_usage=low_cpu_mem_usage
         )

@@ -1,6 +1,7 @@
 """Bad input gets an error that says what was expected, what was found and what to do."""
 
 import copy
+import re
 import shutil
 
 import pytest
@@ -207,3 +208,14 @@ def test_offloading_a_grown_model_fails_loudly_instead_of_computing_garbage():
     cpu_offload(model, execution_device=DEVICE)
     with pytest.raises(RuntimeError, match=r"meta placeholders.*do not offload the grown model"):
         logits(model, sample_inputs(model))
+
+
+@pytest.mark.parametrize("entry", ["down_proj", "mlp.up_proj", "model.layers.1.mlp.gate_proj"])
+def test_modules_to_save_naming_a_grown_projection_is_refused(entry):
+    with pytest.raises(ValueError, match=rf"modules_to_save names '{re.escape(entry)}', which growth widens"):
+        get_peft_model(tiny_model("llama"), GrowConfig(modules_to_save=[entry]))
+
+
+def test_modules_to_save_beside_growth_still_works():
+    model = get_peft_model(tiny_model("llama"), GrowConfig(layers=[0], modules_to_save=["lm_head"]))
+    assert any("modules_to_save" in name and p.requires_grad for name, p in model.named_parameters())

@@ -48,7 +48,11 @@ def test_merge_one_adapter_of_two():
     model.set_adapter("b")
     inputs = sample_inputs(base)
     expected = logits(model, inputs)
-    merged = model.merge_and_unload(adapter_names=["b"])
+    padded = copy.deepcopy(model).merge_and_unload(adapter_names=["b"])  # the default layout pads layer 0
+    merged = model.merge_and_unload(adapter_names=["b"], layout="per-layer")
     assert (logits(merged, inputs) - expected).abs().max() <= 1e-5
     assert merged.transformer.h[1].mlp.c_fc.weight.shape[1] == 3 * base.transformer.h[1].mlp.c_fc.weight.shape[1]
     assert merged.transformer.h[0].mlp.c_fc.weight.shape == base.transformer.h[0].mlp.c_fc.weight.shape
+    width = base.transformer.h[0].mlp.c_fc.weight.shape[1]
+    assert torch.equal(padded.transformer.h[0].mlp.c_fc.weight[:, :width], base.transformer.h[0].mlp.c_fc.weight)
+    assert padded.transformer.h[0].mlp.c_fc.weight[:, width:].abs().max() == 0  # a is not merged: zero units only

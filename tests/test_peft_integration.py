@@ -2,12 +2,14 @@
 
 import copy
 
+import pytest
 import torch
 from conftest import DEVICE, logits, sample_inputs, tiny_model
 from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-from peft_grow import GrowConfig
+from peft_grow import GrowConfig, GrowLayer
+from peft_grow.architectures import linear_shape
 
 
 def test_generate_matches_the_base_model_at_initialisation():
@@ -65,3 +67,27 @@ def test_transformers_trainer_trains_and_checkpoints(tmp_path):
     checkpoint = tmp_path / "checkpoint-3"
     assert (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / "adapter_config.json").is_file()
     assert logits(model, {"input_ids": inputs[:2].to(DEVICE)}).isfinite().all()
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "phi3"])
+def test_grown_layers_expose_the_feature_counts_they_compute_with(name):
+    """in_features / out_features as PEFT's own layers expose them: the widths of the current computation."""
+    base = tiny_model(name)
+    model = get_peft_model(base, GrowConfig(k=3, layers=[0]))
+    layers = [m for m in model.modules() if isinstance(m, GrowLayer)]
+    seen = {}
+
+    def record(module, args, out):
+        seen[module] = (args[0].shape[-1], out.shape[-1])
+
+    hooks = [m.register_forward_hook(record) for m in layers]
+    model(**sample_inputs(model))
+    for hook in hooks:
+        hook.remove()
+    assert all(seen[m] == (m.in_features, m.out_features) for m in layers)
+    assert any(m.in_features != linear_shape(m.get_base_layer())[0] for m in layers)  # the down side is wider
+    with model.disable_adapter():
+        assert all((m.in_features, m.out_features) == linear_shape(m.get_base_layer()) for m in layers)
+    model.merge_adapter()
+    assert all((m.in_features, m.out_features) == linear_shape(m.get_base_layer()) for m in layers)
+    assert all(seen[m] == (m.in_features, m.out_features) for m in layers)  # merged: the base layer is wide
