@@ -5,6 +5,12 @@ difference over k in {2, 3, 4}, both modes and both inits; whether bfloat16 with
 (new weights in bfloat16); and the worst bfloat16 difference with PEFT's default float32 new weights.
 
     python benchmarks/exactness.py            # all architectures, about half a minute on 2 CPU cores
+
+With --model-dir, a real checkpoint in bfloat16 instead (e.g. one fetched by benchmarks/fetch_models.py), on
+--device: for k = 2 and 3 in both modes, whether the grown model's logits are bit-identical to the base's (new
+weights in bfloat16), the largest difference, and that of the merged model:
+
+    python benchmarks/exactness.py --model-dir ~/.cache/peft-grow/models/smollm2-135m/hf --device cuda
 """
 
 import argparse
@@ -36,11 +42,41 @@ def worst_difference(base, inputs, ks, **kwargs) -> tuple[float, bool]:
     return worst, identical
 
 
+def real_model(path: str, device: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to(device).eval()
+    ids = torch.randint(10, 1000, (4, 96), generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        expected = base(input_ids=ids).logits
+        scale = expected.float().abs().max().item()
+        print(
+            f"{path} on {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}), bfloat16, "
+            f"4 x 96 random tokens, largest |logit| {scale:.1f}"
+        )
+        print("| k | mode | bit-identical | max diff | merged: max diff |")
+        print("|---|---|---|---|---|")
+        for k in (2, 3):
+            for mode in ("freeze", "train"):
+                config = GrowConfig(k=k, mode=mode)
+                grown = get_peft_model(copy.deepcopy(base), config, autocast_adapter_dtype=False).eval()
+                out = grown(input_ids=ids).logits
+                merged = grown.merge_and_unload()(input_ids=ids).logits
+                diff = (out.float() - expected.float()).abs().max().item()
+                merged_diff = (merged.float() - expected.float()).abs().max().item()
+                same = "yes" if torch.equal(out, expected) else "no"
+                print(f"| {k} | {mode} | {same} | {diff:.3g} | {merged_diff:.3g} |", flush=True)
+
+
 def main() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers deprecation notices
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", default=ALL_ARCHITECTURES, help="architectures (default: all)")
+    parser.add_argument("--model-dir", help="a real checkpoint to check in bfloat16 instead of the tiny models")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (with --model-dir; default cpu)")
     args = parser.parse_args()
+    if args.model_dir:
+        return real_model(args.model_dir, args.device)
     print(
         "| architecture | fp32 max diff (k=2,3,4) | bf16 k=2 bit-identical | bf16, fp32 new weights: max diff (k=2,3) |"
     )
