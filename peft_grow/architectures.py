@@ -132,6 +132,9 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
     return (rows, cols) if isinstance(module, Conv1D) else (cols, rows)
 
 
+UNNUMBERED = -1  # the layer index of an MLP outside any numbered stack (custom models); grown only with layers=None
+
+
 def split_module_name(name: str) -> tuple[str, int, str] | None:
     parts = name.split(".")
     for i, part in enumerate(parts):
@@ -200,11 +203,14 @@ def plan_growth(model: nn.Module, config) -> list[GrownMLP]:
     and what to do.
     """
     layout = resolve_layout(model, config)
+    explicit = config.up_modules is not None
     groups: dict[tuple[str, int], dict[str, list[str]]] = defaultdict(lambda: {"up": [], "down": []})
     modules = _projections(model)
     for name in modules:
         split = split_module_name(name)
-        if split is None or not re.fullmatch(layout.stack, split[0]):
+        if split is None and explicit:  # a custom model's MLP outside any numbered stack: regexes of full names
+            split = (name.rpartition(".")[0], UNNUMBERED, name)
+        elif split is None or not re.fullmatch(layout.stack, split[0]):
             continue
         stack, index, inner = split
         if any(re.fullmatch(p, inner) for p in layout.up):
@@ -213,23 +219,34 @@ def plan_growth(model: nn.Module, config) -> list[GrownMLP]:
             groups[(stack, index)]["down"].append(name)
     if not groups:
         raise UnsupportedArchitectureError(
-            f"No module matches up={list(layout.up)} / down={list(layout.down)} inside numbered layers. "
+            f"No module matches up={list(layout.up)} / down={list(layout.down)} inside numbered layers"
+            + (" or by its full name" if explicit else "")
+            + ". "
             + _linear_names_hint(model)
-            + " Check GrowConfig.up_modules / down_modules (regexes relative to a layer)."
+            + " Check GrowConfig.up_modules / down_modules (regexes relative to a layer, or full module names for "
+            "an MLP outside numbered layers)."
         )
     _refuse_fused_experts(model, {f"{s}.{i}" for s, i in groups})
 
-    layer_counts = _layer_counts(model, {stack for stack, _ in groups})
+    layer_counts = _layer_counts(model, {stack for stack, index in groups if index != UNNUMBERED})
+    if config.layers is not None and not layer_counts:
+        where = sorted(groups)[0][0] or "the model itself"
+        raise ValueError(
+            f"GrowConfig.layers={config.layers} selects numbered layers, but the MLPs found ({where}) are outside "
+            "any numbered stack of layers. Use layers=None to grow them."
+        )
     chosen = _choose_layers(config.layers, layer_counts)
     plan = []
     for (stack, index), names in sorted(groups.items()):
-        if index not in chosen[stack] or _is_excluded(config.exclude_modules, names["up"] + names["down"]):
+        selected = config.layers is None if index == UNNUMBERED else index in chosen[stack]
+        if not selected or _is_excluded(config.exclude_modules, names["up"] + names["down"]):
             continue
         plan.append(_check_mlp(stack, index, names, modules, layout.fused_up_chunks))
     if not plan:
+        unnumbered = " (MLPs outside numbered layers are grown only with layers=None)" if not layer_counts else ""
         raise ValueError(
             f"GrowConfig(layers={config.layers}, exclude_modules={config.exclude_modules!r}) leaves no MLP to "
-            "grow. Select at least one layer that is not excluded."
+            f"grow{unnumbered}. Select at least one layer that is not excluded."
         )
     return plan
 
@@ -283,13 +300,16 @@ def _check_mlp(stack: str, index: int, names: dict, modules: dict, chunks: int) 
             f"up={names['up']}, down={names['down']}. Check GrowConfig.up_modules / down_modules."
         )
     down = names["down"][0]
-    width, hidden = linear_shape(modules[down])
+    width, _ = linear_shape(modules[down])
+    inputs = {linear_shape(modules[up])[0] for up in names["up"]}
     for up in names["up"]:
         up_in, up_out = linear_shape(modules[up])
-        if up_in != hidden or up_out != chunks * width:
+        if up_out != chunks * width or len(inputs) > 1:
             raise UnsupportedArchitectureError(
-                f"{up} maps {up_in} -> {up_out} but the down projection {down} maps {width} -> {hidden}; expected "
-                f"{hidden} -> {chunks}*{width}. The modules named are not one MLP's up and down projections"
+                f"{up} maps {up_in} -> {up_out} but the down projection {down} takes {width} features; expected "
+                f"every up-side projection to map the same input to {chunks}*{width}. The modules named are not "
+                "one MLP's up and down projections"
                 + (" (or set fused_up_chunks for a fused gate/up projection)." if up_out % width == 0 else ".")
             )
+    hidden = inputs.pop()  # the MLP's input width; its output width (the down projection's) may differ
     return GrownMLP(stack, index, tuple(names["up"]), down, hidden, width, chunks)

@@ -89,6 +89,8 @@ def describe_merged(merged: nn.Module, config: GrowConfig, layout: str = "pad") 
     mlps = plan_growth(merged, layout_of_mlps)
     widths = [mlp.width for mlp in mlps]
     width = max(widths)
+    if getattr(merged, "config", None) is None:  # a custom torch model: no config to describe, nothing to reload
+        return widths
     if layout == "pad" or all(w == width for w in widths):
         for mlp in mlps:
             _pad_mlp(merged, mlp, width)
