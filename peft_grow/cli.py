@@ -611,7 +611,7 @@ def function_vectors_command(
 
 
 def _load_for_analysis(base: str, path: str):
-    """A model and tokenizer: `path` itself, or an adapter folder loaded onto `base`."""
+    """A model and `base`'s tokenizer: `path` itself, or an adapter folder loaded onto `base`."""
     import transformers
     from peft import PeftModel
 
@@ -623,7 +623,7 @@ def _load_for_analysis(base: str, path: str):
     model = getattr(transformers, architecture).from_pretrained(source, dtype="auto")
     if adapter:
         model = PeftModel.from_pretrained(model, path)
-    return model.eval(), transformers.AutoTokenizer.from_pretrained(source)
+    return model.eval(), transformers.AutoTokenizer.from_pretrained(base)  # fine-tuned folders may hold none
 
 
 # ---------------------------------------------------------------------------------------------------------------
