@@ -74,5 +74,5 @@ def test_layers_cannot_select_an_mlp_outside_numbered_layers():
 
 
 def test_modules_that_are_not_one_mlp_are_refused():
-    with pytest.raises(ValueError, match=r"fc2 maps 20 -> 2 but the down projection fc1 takes 10 features.*not one MLP"):
+    with pytest.raises(ValueError, match=r"fc2 maps 20 -> 2 but the down projection fc1 takes 10 features"):
         get_peft_model(MLP(), GrowConfig(up_modules=["fc2"], down_modules=["fc1"]))
