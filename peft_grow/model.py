@@ -76,6 +76,13 @@ class GrowModel(BaseTuner):
             model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, low_cpu_mem_usage=low_cpu_mem_usage
         )
 
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        # PEFT upcasts 16-bit adapter weights to float32 here, after injecting and again after loading weights.
+        # Float32 copies are master weights for training; an adapter loaded for inference keeps the base's dtype.
+        if self.peft_config[adapter_name].inference_mode:
+            autocast_adapter_dtype = False
+        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
+
     def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key, **kwargs) -> None:
         chunks = self._up_chunks[current_key]
         if isinstance(target, GrowLayer):

@@ -41,10 +41,13 @@ RELOAD = textwrap.dedent(
         dtype = getattr(torch, dtype)
         ids = load_file(f"{root}/{name}/inputs.safetensors")["input_ids"].to(device)
         base = AutoModelForCausalLM.from_pretrained(f"{root}/{name}/base", dtype=dtype).to(device)
-        model = PeftModel.from_pretrained(base, f"{root}/{name}/adapter").eval()
+        # is_trainable=True keeps the float32 new weights that training used; loading for inference would round
+        # them to a bfloat16 base's dtype (test_loading_for_inference_gives_new_weights_in_the_base_dtype...)
+        model = PeftModel.from_pretrained(base, f"{root}/{name}/adapter", is_trainable=True).eval()
         with torch.no_grad():
             out[f"{name}/peft"] = model(input_ids=ids).logits.cpu()
-        model = AutoPeftModelForCausalLM.from_pretrained(f"{root}/{name}/adapter", dtype=dtype).to(device).eval()
+        model = AutoPeftModelForCausalLM.from_pretrained(f"{root}/{name}/adapter", dtype=dtype, is_trainable=True)
+        model = model.to(device).eval()
         with torch.no_grad():
             out[f"{name}/auto"] = model(input_ids=ids).logits.cpu()
     save_file(out, f"{root}/reloaded.safetensors")
@@ -111,6 +114,18 @@ def test_loading_in_process_with_low_cpu_mem_usage(saved):
     model = PeftModel.from_pretrained(base, root / name / "adapter", low_cpu_mem_usage=True)
     inputs = sample_inputs(model)
     assert torch.equal(logits(model, inputs).cpu(), expected[name])
+
+
+@pytest.mark.parametrize("name", ["llama-bf16-train-noise", "phi3-bf16-freeze-zero"])
+def test_loading_for_inference_gives_new_weights_in_the_base_dtype_and_training_float32(saved, name):
+    """PeftModel.from_pretrained loads for inference by default: the new weights take the base's dtype; loading
+    for training (is_trainable=True) keeps PEFT's float32 master weights."""
+    root, _, _, _ = saved
+    for trainable, dtype in ((False, torch.bfloat16), (True, torch.float32)):
+        base = AutoModelForCausalLM.from_pretrained(root / name / "base", dtype=torch.bfloat16).to(DEVICE)
+        model = PeftModel.from_pretrained(base, root / name / "adapter", is_trainable=trainable)
+        new = [p for n, p in model.named_parameters() if ".grow_" in n]
+        assert new and {p.dtype for p in new} == {dtype}
 
 
 @pytest.mark.parametrize("name", ["llama-bf16-train-noise", "phi3-bf16-freeze-zero"])
