@@ -353,6 +353,9 @@ def main(argv: list[str] | None = None) -> None:
         if not any(folder.glob("*_s*.json")):
             continue
         text, summary = report(folder, tasks, metric, args.include_unfinished)
+        if not summary:
+            print(f"## {folder.relative_to(args.results)}\n\n{text}\n")
+            continue
         (folder / "report.md").write_text(f"# {model} / {folder.name}\n\n{text}\n", encoding="utf-8")
         (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
         print(f"## {folder.relative_to(args.results)}\n\n{text}\n")
