@@ -100,12 +100,16 @@ REFUSED: dict[str, str] = {
             "deepseek_v3",
             "gpt_oss",
             "llama4",
+            "llama4_text",  # what AutoModelForCausalLM builds from a llama4 config
             "jetmoe",
             "minimax",
         )
     },
-    "gemma3n": "its MLP applies activation sparsity (a cut-off computed across the whole width) between "
-    "up and down, which is not elementwise, so copies of units would not stay equivalent",
+    **{
+        name: "its MLP applies activation sparsity (a cut-off computed across the whole width) between up and "
+        "down, which is not elementwise, so copies of units would not stay equivalent"
+        for name in ("gemma3n", "gemma3n_text")  # gemma3n_text: what AutoModelForCausalLM builds
+    },
 }
 
 

@@ -45,6 +45,9 @@ class GrowConfig(PeftConfig):
         modules_to_save, trainable_token_indices: as in PEFT (read by TRL, too).
         init_weights: True for the function-preserving start; False perturbs the new weights so that the
             adapter is not an identity (for tests, as other PEFT tuners do).
+        check_function: before growing, run each MLP on a small random input as it is and grown at its
+            function-preserving start, and refuse the adapter if the outputs differ beyond rounding (work between
+            up and down that is not elementwise). False skips it, for users who know their model.
         target_modules: filled in by the tuner with the exact names of the grown modules; do not set it.
     """
 
@@ -62,6 +65,9 @@ class GrowConfig(PeftConfig):
         default=None, metadata={"help": "Embedding rows to train (PEFT trainable tokens)."}
     )
     init_weights: bool = field(default=True, metadata={"help": "False gives a perturbed adapter (tests)."})
+    check_function: bool = field(
+        default=True, metadata={"help": "Check numerically that each grown MLP starts out computing its function."}
+    )
     target_modules: list[str] | None = field(default=None, metadata={"help": "Filled in by the tuner."})
 
     def __post_init__(self) -> None:

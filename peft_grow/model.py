@@ -12,6 +12,7 @@ from peft.tuners.tuners_utils import (
 from torch import nn
 
 from .architectures import plan_growth
+from .checking import check_growth_preserves
 from .checkpoint import GrowCheckpointError
 from .config import GrowConfig
 from .layer import GrowDownLayer, GrowLayer, GrowUpLayer
@@ -67,7 +68,10 @@ class GrowModel(BaseTuner):
         # G-Train down projection has no tensor in it), so it is not used to pick targets.
         config = self.peft_config[adapter_name]
         self._up_chunks = {}  # module name -> fused chunks for up-side projections; down projections map to None
-        for mlp in plan_growth(model, config):
+        mlps = plan_growth(model, config)
+        if config.check_function:
+            check_growth_preserves(model, mlps, config)
+        for mlp in mlps:
             self._up_chunks.update({name: mlp.chunks for name in mlp.up})
             self._up_chunks[mlp.down] = None
         config.target_modules = sorted(self._up_chunks)

@@ -219,3 +219,59 @@ def test_modules_to_save_naming_a_grown_projection_is_refused(entry):
 def test_modules_to_save_beside_growth_still_works():
     model = get_peft_model(tiny_model("llama"), GrowConfig(layers=[0], modules_to_save=["lm_head"]))
     assert any("modules_to_save" in name and p.requires_grad for name, p in model.named_parameters())
+
+
+class NormedMLP(nn.Module):
+    """An MLP with a normalisation across its width between up and down: BitNet's ffn_sub_norm has learned
+    weights of the old width (the grown forward fails); an L2 norm runs at any width, but copies raise the norm (its
+    output changes; statistics that average over the width, such as an RMS norm, are unchanged by copies)."""
+
+    def __init__(self, learned: bool):
+        super().__init__()
+        self.config = PretrainedConfig()
+        self.up, self.down = nn.Linear(8, 12), nn.Linear(12, 8)
+        self.norm = nn.LayerNorm(12) if learned else (lambda a: a / a.norm(dim=-1, keepdim=True))
+
+    def forward(self, x):
+        return self.down(self.norm(torch.relu(self.up(x))))
+
+
+@pytest.mark.parametrize(("learned", "measured"), [(False, "changes its output by up to"), (True, "fails")])
+def test_growth_that_would_change_an_mlps_function_is_refused_with_the_measured_difference(learned, measured):
+    model = NormedMLP(learned)
+    config = dict(up_modules=["up"], down_modules=["down"])
+    with pytest.raises(UnsupportedArchitectureError, match=rf"Growing NormedMLP \(up, down\).*{measured}"):
+        get_peft_model(copy.deepcopy(model), GrowConfig(**config))
+    assert not any("grow" in name for name, _ in model.named_modules())  # nothing was changed
+    grown = get_peft_model(copy.deepcopy(model), GrowConfig(**config, check_function=False))  # the user's call
+    assert any("grow_new_weight" in name for name, _ in grown.named_parameters())
+
+
+def test_activation_sparsity_across_the_width_is_caught_where_the_table_has_no_line():
+    """gemma3n's text model computes its activation sparsity over the MLP's width; with zero-init growth the new
+    zero units shift that statistic. Its model_type gemma3n_text is not in REFUSED: the check catches it."""
+    config = AutoConfig.for_model(
+        "gemma3n_text",
+        hidden_size=32,
+        intermediate_size=40,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=96,
+        activation_sparsity_pattern=[0.95, 0.95],
+        hidden_size_per_layer_input=8,
+        vocab_size_per_layer_input=96,
+        laurel_rank=4,
+        num_kv_shared_layers=0,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    with pytest.raises(UnsupportedArchitectureError, match="gemma3n_text.*activation sparsity"):
+        get_peft_model(copy.deepcopy(model), GrowConfig())  # the table's line for the type the Auto class builds
+    growth = dict(up_modules=[r"mlp\.(gate|up)_proj"], down_modules=[r"mlp\.down_proj"])
+    with pytest.raises(UnsupportedArchitectureError, match="not elementwise"):
+        get_peft_model(copy.deepcopy(model), GrowConfig(**growth, init="zero"))
+    ids = torch.randint(0, 96, (2, 7))
+    grown = get_peft_model(copy.deepcopy(model), GrowConfig(**growth))  # copies keep the width's mean and spread
+    with torch.no_grad():
+        assert (grown(input_ids=ids).logits - model(input_ids=ids).logits).abs().max() <= 1e-5

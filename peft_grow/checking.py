@@ -1,0 +1,152 @@
+"""Growth that checks itself: each MLP, grown at its function-preserving start, must compute what it computed.
+
+Names and shapes cannot tell whether the work between an MLP's up and down projections is elementwise (an
+activation, a gating product, dropout) or mixes units across the width (a normalisation across the MLP's width,
+top-k activation sparsity); only the second breaks growth. So before an adapter is injected, every MLP to grow
+runs on a small random input once as it is and once as grown at its function-preserving start (computed through
+hooks on its projections: no weight is copied, so the check costs two forward passes of a few tokens per MLP);
+a mismatch beyond the dtype's rounding refuses the adapter, naming the module and the measured difference.
+
+The MLP module is the closest common parent of its projections (`mlp`, `DenseReluDense`, or the whole decoder
+layer for models without an MLP module). Where it cannot be run on a bare tensor (its forward needs other
+inputs), or holds no real weights (the meta device), the check is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .architectures import GrownMLP, UnsupportedArchitectureError
+
+logger = logging.getLogger(__name__)
+
+# largest |difference| allowed, relative to the largest |output|: float32 rounding, or a few 16-bit steps
+TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
+LOW_PRECISION_TOLERANCE = 3e-2
+
+
+def check_growth_preserves(model: nn.Module, mlps: list[GrownMLP], config) -> None:
+    """Raise UnsupportedArchitectureError if growing any of `mlps` as `config` says changes that MLP's output."""
+    for mlp in mlps:
+        _check_one(model, mlp, config)
+
+
+def _check_one(model: nn.Module, mlp: GrownMLP, config) -> None:
+    names = (*mlp.up, mlp.down)
+    if any(type(model.get_submodule(name)) not in (nn.Linear, Conv1D) for name in names):
+        return  # already wrapped (a second adapter, another tuner): checked when first grown, or not a plain layer
+    parent_name = _common_parent(names)
+    parent = model.get_submodule(parent_name) if parent_name else model
+    weight = model.get_submodule(mlp.down).weight
+    if weight.is_meta or not weight.dtype.is_floating_point:
+        return
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, mlp.hidden, generator=generator).to(device=weight.device, dtype=weight.dtype)
+    with _evaluating(parent), torch.no_grad():
+        try:
+            expected = _first_tensor(parent(x))
+        except Exception as error:  # a forward that needs more than a tensor: cannot check this way
+            logger.debug("Not checking %s: its forward does not take a bare tensor (%s).", parent_name, error)
+            return
+        with _grown(model, mlp, config, generator):
+            try:
+                found, failure = _first_tensor(parent(x)), None
+            except Exception as error:  # the grown width reaches work sized for the old one
+                found, failure = None, f"{type(error).__name__}: {error}"
+    scale = expected.detach().abs().max().item()
+    tolerance = TOLERANCE.get(expected.dtype, LOW_PRECISION_TOLERANCE) * max(scale, 1.0)
+    if failure is not None:
+        measured = f"fails ({failure.splitlines()[0]})"
+    elif found.shape != expected.shape:
+        measured = f"changes its output's shape from {tuple(expected.shape)} to {tuple(found.shape)}"
+    else:
+        difference = (found.float() - expected.float()).abs().max().item()
+        if difference <= tolerance:
+            return
+        measured = (
+            f"changes its output by up to {difference:.3g} (largest |output| {scale:.3g}, tolerance {tolerance:.2g})"
+        )
+    raise UnsupportedArchitectureError(
+        f"Growing {parent_name or type(model).__name__} ({', '.join(names)}) at its function-preserving start "
+        f"{measured}: the work between its up and down projections is not elementwise (a normalisation or a "
+        "selection across the MLP's width, say), so growth would change the model's function. Leave this MLP out "
+        "(exclude_modules or layers), or pass check_function=False only if you know the difference is harmless."
+    )
+
+
+@contextmanager
+def _grown(model: nn.Module, mlp: GrownMLP, config, generator: torch.Generator):
+    """The MLP computes as grown k times at its start, through hooks, without a copy of any weight.
+
+    Up side: each chunk's output gains k-1 copies (copy init) or the output of fresh random rows (zero init).
+    Down side: its k*p-wide input becomes what its k column blocks make of it: the mean of the blocks (each block
+    W/k, copy init) or the first block (the original block unscaled, new columns zero: zero init). The
+    symmetry noise sums to zero over equal blocks and is left out.
+    """
+    k, chunks, p = config.k, mlp.chunks, mlp.width
+
+    def widen(module, args, out):
+        if config.init == "copy":
+            return torch.cat([torch.cat([c] * k, dim=-1) for c in out.chunk(chunks, dim=-1)], dim=-1)
+        x = args[0]
+        rows = torch.randn(chunks * (k - 1) * p, x.shape[-1], generator=generator)
+        fresh = F.linear(x, (rows * _std(module)).to(x.device, x.dtype))
+        pairs = zip(out.chunk(chunks, dim=-1), fresh.chunk(chunks, dim=-1), strict=True)
+        return torch.cat([part for pair in pairs for part in pair], dim=-1)
+
+    def narrow(module, args):
+        blocks = args[0].unflatten(-1, (k, p))
+        return (blocks.mean(dim=-2) if config.init == "copy" else blocks[..., 0, :], *args[1:])
+
+    handles = [model.get_submodule(name).register_forward_hook(widen) for name in mlp.up]
+    handles.append(model.get_submodule(mlp.down).register_forward_pre_hook(narrow))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _std(module: nn.Module) -> float:
+    return module.weight.float().std().item()
+
+
+def _common_parent(names: tuple[str, ...]) -> str:
+    parts = [name.split(".")[:-1] for name in names]
+    common = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return ".".join(common)
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def _first_tensor(output) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"expected a tensor or a tuple starting with one, got {type(output).__name__}")
+
+
+@contextmanager
+def _evaluating(module: nn.Module):
+    """Dropout off during the check; every submodule's mode restored after."""
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
