@@ -1,8 +1,8 @@
 """What growth's self-check (GrowConfig.check_function, peft_grow/checking.py) costs at injection.
 
 Builds a randomly initialised model of Gemma3-1B's published shape (hidden 1152, MLP 6912, 26 layers, vocabulary
-262,144) in bfloat16 (or --dtype float32) on the CPU and times get_peft_model(GrowConfig(k=2)) with the check on and off, side by side
-(--repeats rounds, each on a fresh copy of the base), and prints the ratio.
+262,144) in bfloat16 (or --dtype float32) on the CPU and times get_peft_model(GrowConfig(k=2)) with the check on
+and off, side by side (--repeats rounds, each on a fresh copy of the base), and prints the ratio.
 
     python benchmarks/check_cost.py                 # a few minutes on 2 CPU cores, 6 GB of memory
     python benchmarks/check_cost.py --layers 4      # a smaller stack
