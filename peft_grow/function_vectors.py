@@ -25,6 +25,8 @@ every answer is determined by its query.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import random
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +36,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import LlamaForCausalLM
 
 WORDS_FILE = Path(__file__).resolve().parent / "data" / "function_vector_words.txt"
 TASKS: dict[str, Callable[[str], str]] = {
@@ -189,10 +192,24 @@ def causal_indirect_effects(
     model: nn.Module, tokenizer, corrupted: Sequence[Prompt], means: torch.Tensor, heads: Heads
 ) -> torch.Tensor:
     """[layers, heads]: the mean rise in the correct answer's probability on `corrupted` prompts when one head's
-    output at the final token is replaced by its clean mean (`means`), one head at a time."""
+    output at the final token is replaced by its clean mean (`means`), one head at a time.
+
+    Patching the final token leaves every earlier position as it was, so the prompts' prefix runs once and each
+    patched run computes the final token alone on a copy of the prefix's key/value cache.
+    """
     device = next(model.parameters()).device
     inputs, answers = _encode(tokenizer, corrupted, device)
-    baseline = _answer_probs(model, inputs, answers)
+    output = model(**{k: v[:, :-1] for k, v in inputs.items()}, use_cache=True, logits_to_keep=1)
+    prefix = output.cache if _CACHE_ARGUMENT == "cache" else output.past_key_values
+    last = {"input_ids": inputs["input_ids"][:, -1:], "position_ids": inputs["position_ids"][:, -1:]}
+    last["attention_mask"] = inputs["attention_mask"]
+
+    def final_token_probs() -> torch.Tensor:
+        cache = {_CACHE_ARGUMENT: copy.deepcopy(prefix)}
+        logits = model(**last, **cache, use_cache=True, logits_to_keep=1).logits
+        return logits[:, -1].float().softmax(-1).gather(1, answers[:, None]).squeeze(1)
+
+    baseline = final_token_probs()
     effects = torch.zeros(len(heads.projections), heads.num_heads)
     for layer, projection in enumerate(heads.projections):
         for head in range(heads.num_heads):
@@ -204,8 +221,12 @@ def causal_indirect_effects(
                 return (x, *args[1:])
 
             with _hooks([projection.register_forward_pre_hook(patch)]):
-                effects[layer, head] = (_answer_probs(model, inputs, answers) - baseline).mean().item()
+                effects[layer, head] = (final_token_probs() - baseline).mean().item()
     return effects
+
+
+# transformers renamed the key/value cache argument from past_key_values to cache (5.2x)
+_CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 
 
 def top_heads(effects: torch.Tensor, k: int = 10) -> list[tuple[int, int]]:

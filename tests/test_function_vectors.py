@@ -122,3 +122,27 @@ def test_the_command_line_compares_an_adapter_with_its_base(model, tmp_path, cap
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["function-vectors", str(MODEL), str(tmp_path / "missing")])
     assert exit_info.value.code == 2 and "no such folder" in capsys.readouterr().err
+
+
+def test_cached_patching_equals_running_each_patched_prompt_whole(model, tokenizer):
+    """The effects computed on the final token over a cached prefix equal those of whole patched forward passes."""
+    heads = fv.find_heads(model)
+    pairs = fv.task_pairs("capitalize")
+    clean, corrupted = fv.icl_prompts(pairs, 6), fv.icl_prompts(pairs, 6, shuffle_labels=True)
+    means = fv.mean_head_activations(model, tokenizer, clean, heads)
+    effects = fv.causal_indirect_effects(model, tokenizer, corrupted, means, heads)
+    inputs, answers = fv._encode(tokenizer, corrupted, torch.device("cpu"))
+    with torch.no_grad():
+        baseline = fv._answer_probs(model, inputs, answers)
+        for layer, head in [(0, 0), (2, 5), (4, 7)]:
+            span = slice(head * heads.head_dim, (head + 1) * heads.head_dim)
+
+            def patch(module, args, span=span, value=means[layer, head]):
+                x = args[0].clone()
+                x[:, -1, span] = value
+                return (x, *args[1:])
+
+            handle = heads.projections[layer].register_forward_pre_hook(patch)
+            whole = (fv._answer_probs(model, inputs, answers) - baseline).mean().item()
+            handle.remove()
+            assert effects[layer, head].item() == pytest.approx(whole, abs=1e-6)
