@@ -25,7 +25,7 @@ class MLPLayout:
     down: tuple[str, ...]
     fused_up_chunks: int = 1  # a fused up module whose output the model splits with chunk(n)
     stack: str = r".+"  # regex the path to the layer list must match (to skip e.g. a vision tower)
-    width_key: str = "intermediate_size"  # the config attribute holding the MLP width p (dotted if nested)
+    width_key: str | None = "intermediate_size"  # the config attribute holding the width p (dotted if nested)
 
 
 GATED = MLPLayout(up=(r"mlp\.gate_proj", r"mlp\.up_proj"), down=(r"mlp\.down_proj",))
@@ -82,6 +82,25 @@ ARCHITECTURES: dict[str, MLPLayout] = {
         width_key="d_ff",
     ),
 }
+
+# Shapes recognised by name inside a layer for model types without a table line, tried in this order; the first that
+# finds a well-formed MLP (shapes that pair up) in every layer it touches is used, and growth's self-check
+# (peft_grow.checking) guards what names cannot show. Anything may precede the names inside a layer ("mlp.",
+# "feed_forward.", "ffn."), except where the name alone would also match an attention module.
+_ANY = r"(?:.+\.)?"
+STRUCTURES: tuple[MLPLayout, ...] = (
+    MLPLayout(up=(_ANY + "gate_proj", _ANY + "up_proj"), down=(_ANY + "down_proj",)),
+    MLPLayout(up=(_ANY + "gate_up_proj",), down=(_ANY + "down_proj",), fused_up_chunks=2),
+    MLPLayout(up=(_ANY + "up_proj",), down=(_ANY + "down_proj",)),
+    MLPLayout(up=(_ANY + "w1", _ANY + "w3"), down=(_ANY + "w2",)),
+    MLPLayout(up=(_ANY + r"c_fc",), down=(_ANY + r"mlp\.c_proj",)),
+    MLPLayout(up=(_ANY + "fc_in",), down=(_ANY + "fc_out",)),
+    MLPLayout(up=(_ANY + "fc1",), down=(_ANY + "fc2",)),
+    MLPLayout(up=(_ANY + "dense_h_to_4h",), down=(_ANY + "dense_4h_to_h",)),
+    MLPLayout(up=(r"intermediate\.dense",), down=(r"output\.dense",)),
+    MLPLayout(up=(_ANY + r"wi(_[01])?",), down=(_ANY + "wo",)),
+)
+WIDTH_KEYS = ("intermediate_size", "ffn_hidden_size", "ffn_dim", "d_ff", "n_inner", "decoder_ffn_dim")
 
 _MOE = "its experts are stored as fused 3-D parameters, not as Linear layers that can be widened"
 REFUSED: dict[str, str] = {
@@ -176,6 +195,8 @@ def resolve_layout(model: nn.Module, config) -> MLPLayout:
             f"model_type {model_type!r} cannot be grown: {REFUSED[model_type]}. Growing it would silently "
             "change the model's function."
         )
+    if model_type not in ARCHITECTURES and (detected := detect_layout(model)) is not None:
+        return detected
     if model_type not in ARCHITECTURES:
         raise UnsupportedArchitectureError(
             f"peft-grow does not know the MLP layout of model_type {model_type!r}. "
@@ -186,6 +207,40 @@ def resolve_layout(model: nn.Module, config) -> MLPLayout:
             "peft_grow.architectures.ARCHITECTURES."
         )
     return ARCHITECTURES[model_type]
+
+
+def detect_layout(model: nn.Module) -> MLPLayout | None:
+    """The first of STRUCTURES that finds well-formed MLPs in the model's numbered layers, or None."""
+    modules = _projections(model)
+    for layout in STRUCTURES:
+        groups = _group(modules, layout, explicit=False)
+        if groups and all(_well_formed(names, modules, layout.fused_up_chunks) for names in groups.values()):
+            down = modules[next(iter(groups.values()))["down"][0]]
+            return MLPLayout(
+                layout.up, layout.down, layout.fused_up_chunks, width_key=_width_key(model, linear_shape(down)[0])
+            )
+    return None
+
+
+def _well_formed(names: dict[str, list[str]], modules: dict, chunks: int) -> bool:
+    try:
+        _check_mlp("", 0, names, modules, chunks)
+    except UnsupportedArchitectureError:
+        return False
+    return True
+
+
+def _width_key(model: nn.Module, width: int) -> str | None:
+    """The config attribute that holds the MLP width (for merged checkpoints' configs): one equal to `width` if
+    any, else the first of WIDTH_KEYS the config sets (a merged model's MLPs are already wider); None if none."""
+    config = getattr(model, "config", None)
+    found = [
+        (prefix + key, getattr(node, key))
+        for prefix, node in (("", config), ("text_config.", getattr(config, "text_config", None)))
+        for key in WIDTH_KEYS
+        if node is not None and isinstance(getattr(node, key, None), int)
+    ]
+    return next((key for key, value in found if value == width), found[0][0] if found else None)
 
 
 def _linear_names_hint(model: nn.Module) -> str:
@@ -200,16 +255,10 @@ def _linear_names_hint(model: nn.Module) -> str:
     return f"Linear layers found in layer {index} of {stack!r}: {', '.join(names)}."
 
 
-def plan_growth(model: nn.Module, config) -> list[GrownMLP]:
-    """List the MLPs that `config` grows in `model`, checking layer indices and shapes.
-
-    Raises UnsupportedArchitectureError (or ValueError for bad indices) with what was expected, what was found
-    and what to do.
-    """
-    layout = resolve_layout(model, config)
-    explicit = config.up_modules is not None
+def _group(modules: dict[str, nn.Module], layout: MLPLayout, explicit: bool) -> dict[tuple[str, int], dict]:
+    """Up-side and down projection names per (layer stack, index); with `explicit` (regexes from the user), also
+    MLPs outside numbered layers, matched by full name and keyed by their parent module."""
     groups: dict[tuple[str, int], dict[str, list[str]]] = defaultdict(lambda: {"up": [], "down": []})
-    modules = _projections(model)
     for name in modules:
         split = split_module_name(name)
         if split is None and explicit:  # a custom model's MLP outside any numbered stack: regexes of full names
@@ -221,6 +270,19 @@ def plan_growth(model: nn.Module, config) -> list[GrownMLP]:
             groups[(stack, index)]["up"].append(name)
         elif any(re.fullmatch(p, inner) for p in layout.down):
             groups[(stack, index)]["down"].append(name)
+    return groups
+
+
+def plan_growth(model: nn.Module, config) -> list[GrownMLP]:
+    """List the MLPs that `config` grows in `model`, checking layer indices and shapes.
+
+    Raises UnsupportedArchitectureError (or ValueError for bad indices) with what was expected, what was found
+    and what to do.
+    """
+    layout = resolve_layout(model, config)
+    explicit = config.up_modules is not None
+    modules = _projections(model)
+    groups = _group(modules, layout, explicit)
     if not groups:
         raise UnsupportedArchitectureError(
             f"No module matches up={list(layout.up)} / down={list(layout.down)} inside numbered layers"
@@ -256,11 +318,14 @@ def plan_growth(model: nn.Module, config) -> list[GrownMLP]:
 
 
 def _refuse_fused_experts(model: nn.Module, layer_prefixes: set[str]) -> None:
+    """Mixture-of-experts weights stored as fused 3-D parameters (`experts.gate_up_proj` [E, 2I, h]) cannot be
+    widened as Linear layers; other 3-D parameters (a Mamba block's conv1d) are not part of any MLP."""
     for name, param in model.named_parameters():
         split = split_module_name(name)
-        if param.ndim == 3 and split is not None and f"{split[0]}.{split[1]}" in layer_prefixes:
+        inside = split is not None and f"{split[0]}.{split[1]}" in layer_prefixes
+        if param.ndim == 3 and inside and "expert" in split[2].lower():
             raise UnsupportedArchitectureError(
-                f"{name} is a fused 3-D parameter of shape {tuple(param.shape)} (mixture-of-experts weights). "
+                f"{name} is a fused 3-D parameter of shape {tuple(param.shape)} holding mixture-of-experts weights. "
                 "peft-grow widens Linear MLPs only; growing experts stored this way is not supported."
             )
 

@@ -60,7 +60,7 @@ def _check_one(model: nn.Module, mlp: GrownMLP, config) -> None:
             except Exception as error:  # the grown width reaches work sized for the old one
                 found, failure = None, f"{type(error).__name__}: {error}"
     scale = expected.detach().abs().max().item()
-    tolerance = TOLERANCE.get(expected.dtype, LOW_PRECISION_TOLERANCE) * max(scale, 1.0)
+    tolerance = TOLERANCE.get(expected.dtype, LOW_PRECISION_TOLERANCE) * scale + torch.finfo(expected.dtype).tiny
     if failure is not None:
         measured = f"fails ({failure.splitlines()[0]})"
     elif found.shape != expected.shape:

@@ -18,6 +18,7 @@ so an interrupted export never leaves a half-written checkpoint at the target pa
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -29,11 +30,12 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig
 
-from .architectures import linear_shape, plan_growth, resolve_layout
+from .architectures import WIDTH_KEYS, linear_shape, plan_growth, resolve_layout
 from .cards import write_merged_card
 from .config import GrowConfig
 from .layer import interleave, linear_layout, set_projection
 
+logger = logging.getLogger(__name__)
 LAYOUTS = ("pad", "per-layer")
 SHAPES_KEY = "peft_grow_shapes"  # config attribute of a per-layer checkpoint: module name -> [in, out]
 
@@ -91,10 +93,19 @@ def describe_merged(merged: nn.Module, config: GrowConfig, layout: str = "pad") 
     width = max(widths)
     if getattr(merged, "config", None) is None:  # a custom torch model: no config to describe, nothing to reload
         return widths
-    if layout == "pad" or all(w == width for w in widths):
+    width_key = resolve_layout(merged, layout_of_mlps).width_key
+    if width_key is None and layout == "pad":  # a detected layout whose config names no width peft-grow knows
+        logger.warning(
+            "%s's config names no MLP width peft-grow knows (%s); the merged model records its MLP shapes for "
+            "peft_grow.load_merged instead (the per-layer layout).",
+            type(merged).__name__,
+            ", ".join(WIDTH_KEYS),
+        )
+        layout = "per-layer"
+    if width_key is not None and (layout == "pad" or all(w == width for w in widths)):
         for mlp in mlps:
             _pad_mlp(merged, mlp, width)
-        _set_config_width(merged.config, resolve_layout(merged, layout_of_mlps).width_key, width)
+        _set_config_width(merged.config, width_key, width)
     else:
         shapes = {name: list(linear_shape(merged.get_submodule(name))) for mlp in mlps for name in (*mlp.up, mlp.down)}
         setattr(merged.config, SHAPES_KEY, shapes)

@@ -44,18 +44,18 @@ def test_layer_index_out_of_range_names_the_range():
 class Mystery(nn.Module):
     """A model type peft-grow does not know: attention-free blocks with an fc_in -> gelu -> fc_out MLP."""
 
-    def __init__(self, fused: bool = False, experts: bool = False):
+    def __init__(self, fused: bool = False, experts: bool = False, names: tuple[str, str] = ("fc_in", "fc_out")):
         super().__init__()
         self.config = PretrainedConfig()
         self.config.model_type = "mystery"
         self.embed = nn.Embedding(50, 16)
-        self.fused = fused
-        self.layers = nn.ModuleList(nn.ModuleDict(self._block(fused, experts)) for _ in range(2))
+        self.fused, self.names = fused, names
+        self.layers = nn.ModuleList(nn.ModuleDict(self._block(fused, experts, names)) for _ in range(2))
         self.head = nn.Linear(16, 50)
 
     @staticmethod
-    def _block(fused, experts):
-        block = {"mix": nn.Linear(16, 16), "fc_in": nn.Linear(16, 48 if fused else 24), "fc_out": nn.Linear(24, 16)}
+    def _block(fused, experts, names):
+        block = {"mix": nn.Linear(16, 16), names[0]: nn.Linear(16, 48 if fused else 24), names[1]: nn.Linear(24, 16)}
         if experts:
             block["experts"] = nn.ParameterDict({"gate_up": nn.Parameter(torch.zeros(4, 48, 16))})
         return block
@@ -64,21 +64,32 @@ class Mystery(nn.Module):
         x = self.embed(input_ids)
         for block in self.layers:
             x = x + block["mix"](x)
-            hidden = block["fc_in"](x)
+            hidden = block[self.names[0]](x)
             if self.fused:
                 gate, up = hidden.chunk(2, dim=-1)
                 hidden = nn.functional.silu(gate) * up
             else:
                 hidden = nn.functional.gelu(hidden)
-            x = x + block["fc_out"](hidden)
+            x = x + block[self.names[1]](hidden)
         return self.head(x)
 
 
 def test_unknown_architecture_lists_the_linear_layers_and_the_way_out():
     with pytest.raises(UnsupportedArchitectureError) as error:
-        get_peft_model(Mystery(), GrowConfig())
+        get_peft_model(Mystery(names=("expand", "contract")), GrowConfig())
     message = str(error.value)
-    assert "'mystery'" in message and "mix, fc_in, fc_out" in message and "up_modules" in message
+    assert "'mystery'" in message and "mix, expand, contract" in message and "up_modules" in message
+
+
+def test_an_unknown_model_type_with_a_common_mlp_shape_is_detected_and_grown_exactly():
+    torch.manual_seed(0)
+    base = Mystery().eval()
+    ids = torch.randint(0, 50, (2, 5))
+    model = get_peft_model(copy.deepcopy(base), GrowConfig(k=3))  # fc_in / fc_out, found by name and shape
+    assert sorted(model.peft_config["default"].target_modules)[:2] == ["layers.0.fc_in", "layers.0.fc_out"]
+    assert (model(ids) - base(ids)).abs().max() <= 1e-5
+    with pytest.raises(UnsupportedArchitectureError, match="does not know the MLP layout"):
+        get_peft_model(Mystery(fused=True), GrowConfig())  # a fused gate/up needs fused_up_chunks: never guessed
 
 
 @pytest.mark.parametrize("fused", [False, True])

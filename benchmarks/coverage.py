@@ -1,0 +1,204 @@
+"""Which causal-LM model types of the installed transformers growth handles: grown exactly, refused, or wrong.
+
+Every model type `AutoModelForCausalLM` knows is built tiny from its default config (size attributes shrunk; a type
+whose config cannot be shrunk this way is reported as not buildable), then grown with `GrowConfig()` (k=2,
+G-Freeze) and `GrowConfig(k=3, mode="train")`. Each outcome is one of:
+
+  exact     the grown model's logits equal the base's (float32, within 1e-5 of the largest logit)
+  refused   get_peft_model raised with its reason (a mixture-of-experts table line, a failed self-check, ...)
+  WRONG     the adapter was accepted but the logits moved, or the forward failed: a bug, never expected
+  unbuilt   the tiny model could not be built or run (a limit of this script, not of growth)
+
+    python benchmarks/coverage.py                     # all types: a few minutes on 2 CPU cores
+    python benchmarks/coverage.py llama falcon bloom  # some
+    python benchmarks/coverage.py --markdown          # the table for docs/configuration.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from peft import get_peft_model  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from peft_grow import GrowConfig  # noqa: E402
+
+# size attributes set where a default config has them; small but with room for heads, groups and experts
+TINY = {
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "ffn_hidden_size": 96,
+    "ffn_dim": 96,
+    "d_ff": 96,
+    "n_inner": 96,
+    "inner_hidden_size": 96,
+    "moe_intermediate_size": 48,
+    "shared_expert_intermediate_size": 48,
+    "num_hidden_layers": 2,
+    "num_layers": 2,
+    "n_layer": 2,
+    "n_layers": 2,
+    "decoder_layers": 2,
+    "encoder_layers": 2,
+    "num_attention_heads": 4,
+    "n_head": 4,
+    "n_heads": 4,
+    "num_heads": 4,
+    "decoder_attention_heads": 4,
+    "encoder_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "n_embd": 64,
+    "d_model": 64,
+    "d_kv": 16,
+    "vocab_size": 128,
+    "max_position_embeddings": 128,
+    "n_positions": 128,
+    "num_experts": 4,
+    "num_local_experts": 4,
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "decoder_ffn_dim": 96,
+    "encoder_ffn_dim": 96,
+}
+
+
+@dataclass
+class Outcome:
+    model_type: str
+    setting: str
+    result: str  # exact | refused | WRONG | unbuilt
+    detail: str
+
+
+def tiny_config(model_type: str):
+    config = AutoConfig.for_model(model_type)
+    targets = [config] + [
+        getattr(config, name) for name in ("text_config", "decoder", "language_config") if hasattr(config, name)
+    ]
+    for target in targets:
+        for key, value in TINY.items():
+            if getattr(target, key, None) is not None:
+                try:
+                    setattr(target, key, value)
+                except AttributeError:  # a property computed from other sizes
+                    pass
+        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            token = getattr(target, key, None)
+            if isinstance(token, int) and token >= TINY["vocab_size"]:
+                setattr(target, key, 0)
+        if getattr(target, "num_kv_shared_layers", None):
+            target.num_kv_shared_layers = 0
+        layers = getattr(target, "num_hidden_layers", None)
+        for key in ("layer_types", "block_types", "layers_block_type", "attn_layer_indices"):
+            found = getattr(target, key, None)
+            if isinstance(found, list) and layers is not None and len(found) > layers:
+                setattr(target, key, found[:layers])
+    return config
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids, use_cache=False).logits.float()
+
+
+def census(model_type: str) -> list[Outcome]:
+    try:
+        config = tiny_config(model_type)
+        torch.manual_seed(0)
+        base = AutoModelForCausalLM.from_config(config).eval()
+        ids = torch.randint(3, min(config.get_text_config().vocab_size or 128, 128), (2, 7))
+        expected = logits(base, ids)
+    except Exception as error:  # noqa: BLE001  (any failure to build or run the tiny base)
+        return [Outcome(model_type, "-", "unbuilt", _line(error))]
+    outcomes = []
+    for setting, config in (("k=2 freeze", GrowConfig()), ("k=3 train", GrowConfig(k=3, mode="train"))):
+        try:
+            grown = get_peft_model(copy.deepcopy(base), config)
+        except Exception as error:  # noqa: BLE001
+            outcomes.append(Outcome(model_type, setting, "refused", _line(error)))
+            continue
+        try:
+            difference = (logits(grown, ids) - expected).abs().max().item()
+        except Exception as error:  # noqa: BLE001
+            outcomes.append(Outcome(model_type, setting, "WRONG", "forward failed: " + _line(error)))
+            continue
+        exact = difference <= 1e-5 * max(1.0, expected.abs().max().item())
+        outcomes.append(Outcome(model_type, setting, "exact" if exact else "WRONG", f"max |diff| {difference:.2e}"))
+    return outcomes
+
+
+def _line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
+
+
+def main(argv: list[str] | None = None) -> list[Outcome]:
+    warnings.filterwarnings("ignore")
+    hf_logging.set_verbosity_error()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("types", nargs="*", help="model types (default: every causal-LM type)")
+    parser.add_argument("--markdown", action="store_true", help="print the table for docs/configuration.md")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    outcomes = []
+    for model_type in args.types or sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
+        for outcome in census(model_type):
+            outcomes.append(outcome)
+            if not args.markdown:
+                print(
+                    f"{outcome.model_type:<28} {outcome.setting:<11} {outcome.result:<8} {outcome.detail}", flush=True
+                )
+    per_type = {}
+    for outcome in outcomes:
+        per_type.setdefault(outcome.model_type, set()).add(outcome.result)
+    verdict = Counter(
+        "WRONG"
+        if "WRONG" in r
+        else "unbuilt"
+        if "unbuilt" in r
+        else "exact"
+        if r == {"exact"}
+        else "refused"
+        if r == {"refused"}
+        else "mixed"
+        for r in per_type.values()
+    )
+    if args.markdown:
+        print("| model type | k=2 freeze | k=3 train |\n|---|---|---|")
+        for model_type in per_type:
+            row = {o.setting: o for o in outcomes if o.model_type == model_type}
+            cells = (
+                [_cell(row.get(s)) for s in ("k=2 freeze", "k=3 train")] if "-" not in row else [_cell(row["-"])] * 2
+            )
+            print(f"| {model_type} | {cells[0]} | {cells[1]} |")
+    print(
+        f"\n{len(per_type)} model types: "
+        + ", ".join(f"{n} {k}" for k, n in sorted(verdict.items(), key=lambda kv: -kv[1]))
+        + " (a type is exact or refused when both settings are)",
+        file=sys.stderr if args.markdown else sys.stdout,
+    )
+    return outcomes
+
+
+def _cell(outcome: Outcome | None) -> str:
+    if outcome is None:
+        return ""
+    if outcome.result == "exact":
+        return "exact"
+    reason = outcome.detail.split(": ", 1)[-1].replace("|", "/")
+    return f"{outcome.result}: {reason[:120]}"
+
+
+if __name__ == "__main__":
+    main()
