@@ -17,6 +17,7 @@ G-Freeze) and `GrowConfig(k=3, mode="train")`. Each outcome is one of:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import sys
@@ -90,10 +91,8 @@ def tiny_config(model_type: str):
     for target in targets:
         for key, value in TINY.items():
             if getattr(target, key, None) is not None:
-                try:
+                with contextlib.suppress(AttributeError):  # a property computed from other sizes
                     setattr(target, key, value)
-                except AttributeError:  # a property computed from other sizes
-                    pass
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
             token = getattr(target, key, None)
             if isinstance(token, int) and token >= TINY["vocab_size"]:
