@@ -72,7 +72,18 @@ TINY = {
     "num_experts_per_tok": 2,
     "decoder_ffn_dim": 96,
     "encoder_ffn_dim": 96,
+    "rotary_dim": 8,  # GPT-J, CodeGen: a part of head_dim
+    "kv_lora_rank": 16,  # multi-head latent attention (DeepSeek V2/V3, MiniCPM3, ...)
+    "q_lora_rank": 16,
+    "qk_nope_head_dim": 16,
+    "qk_rope_head_dim": 16,  # = head_dim, which rotary embeddings read
+    "qk_head_dim": 32,
+    "v_head_dim": 16,
+    "mamba_d_head": 16,
 }
+# set even where the default config leaves them None (derived from other sizes, which the shrinking changed)
+DERIVED = ("head_dim", "num_key_value_heads")
+MAX_PARAMETERS = 20_000_000  # a tiny model above this kept some default size: reported unbuilt, not built
 
 
 @dataclass
@@ -93,6 +104,17 @@ def tiny_config(model_type: str):
             if getattr(target, key, None) is not None:
                 with contextlib.suppress(AttributeError):  # a property computed from other sizes
                     setattr(target, key, value)
+        for key in DERIVED:
+            if key in getattr(target, "__dict__", {}) and getattr(target, key) is None:
+                with contextlib.suppress(AttributeError):
+                    setattr(target, key, TINY[key])
+        inner = getattr(target, "mamba_expand", getattr(target, "expand", 2)) * TINY["hidden_size"]
+        if getattr(target, "mamba_n_heads", None):  # Mamba-2 heads tile the inner width
+            target.mamba_n_heads = inner // TINY["mamba_d_head"]
+        if getattr(target, "kv_lora_rank", None) and getattr(target, "num_key_value_heads", None):
+            target.num_key_value_heads = TINY["num_attention_heads"]  # latent attention: one key/value per head
+        if getattr(target, "model_type", "") == "mamba2":
+            target.num_heads = inner // TINY["head_dim"]
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
             token = getattr(target, key, None)
             if isinstance(token, int) and token >= TINY["vocab_size"]:
@@ -107,6 +129,16 @@ def tiny_config(model_type: str):
     return config
 
 
+def parameters_on_meta(config) -> int:
+    """The model's size, built on the meta device: sizes the shrinking missed (sub-configs of other names) would
+    otherwise build gigabytes. 0 for a model that cannot be built there (it is then built for real)."""
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    except Exception:  # noqa: BLE001
+        return 0
+
+
 def logits(model, ids):
     with torch.no_grad():
         return model(input_ids=ids, use_cache=False).logits.float()
@@ -115,6 +147,9 @@ def logits(model, ids):
 def census(model_type: str) -> list[Outcome]:
     try:
         config = tiny_config(model_type)
+        size = parameters_on_meta(config)
+        if size > MAX_PARAMETERS:
+            return [Outcome(model_type, "-", "unbuilt", f"still {size / 1e6:.0f}M parameters after shrinking")]
         torch.manual_seed(0)
         base = AutoModelForCausalLM.from_config(config).eval()
         ids = torch.randint(3, min(config.get_text_config().vocab_size or 128, 128), (2, 7))
