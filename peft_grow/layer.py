@@ -129,8 +129,10 @@ class GrowLayer(BaseTunerLayer):
             raise TypeError(f"peft-grow wraps nn.Linear or Conv1D modules, got {type(base_layer).__name__}.")
         refuse_partitioned(base_layer)
         refuse_offloaded(base_layer)
+        refuse_unsupported_quantization(base_layer)
         self.base_layer = base_layer
         self.conv1d = isinstance(base_layer, Conv1D)
+        self.quantized = is_bnb_quantized(base_layer)  # original rows: the quantized layer; new ones: float copies
         self.grow_new_weight = nn.ParameterDict()
         self.grow_new_bias = nn.ParameterDict()
         self.grow_delta_weight = nn.ParameterDict()
@@ -139,7 +141,8 @@ class GrowLayer(BaseTunerLayer):
         self.grow_settings: dict[str, GrowSettings] = {}
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
-        self._original_base: tuple[nn.Parameter, nn.Parameter | None] | None = None  # kept while merged
+        # kept while merged: the original weight and bias, or the quantized module itself
+        self._original_base: tuple[nn.Parameter, nn.Parameter | None] | nn.Module | None = None
 
     # -- feature counts as PEFT's layers expose them: the widths the layer computes with now --
     @property
@@ -164,7 +167,11 @@ class GrowLayer(BaseTunerLayer):
 
     # -- layouts: new tensors are built in Linear layout [out, in] and stored in the base module's layout --
     def _linear_weight(self) -> torch.Tensor:
-        return linear_layout(self.get_base_layer().weight, self.conv1d)
+        """The base weight in Linear layout [out, in], dequantized (in the layer's compute dtype) if quantized."""
+        base = self.get_base_layer()
+        if self.quantized:
+            return bnb_dequantized(base).to(quantized_compute_dtype(base))
+        return linear_layout(base.weight, self.conv1d)
 
     def _native(self, tensor: torch.Tensor) -> torch.Tensor:
         return linear_layout(tensor, self.conv1d).contiguous()
@@ -220,6 +227,14 @@ class GrowLayer(BaseTunerLayer):
             )
         super().set_adapter(names, inference_mode=inference_mode)
 
+    def _base_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """The wrapped layer alone. A quantized layer merged into a plain one computes in the quantized layer's
+        compute dtype, and casts as bitsandbytes does (inputs in, outputs back)."""
+        if self.quantized and self.merged:
+            weight = self.base_layer.weight
+            return self.base_layer(cast(x, weight.dtype), *args, **kwargs).to(x.dtype)
+        return self.base_layer(x, *args, **kwargs)
+
     def _active_grown(self) -> str | None:
         """The active adapter if it grows this layer and is applied unmerged, else None (plain base layer).
 
@@ -253,8 +268,12 @@ class GrowLayer(BaseTunerLayer):
         if safe_merge:
             self._check_finite(name, weight, bias)
         base = self.get_base_layer()
-        self._original_base = (base.weight, base.bias)
-        self._set_base(weight, bias)
+        if self.quantized:  # merged into a plain, dequantized, wider layer; the quantized one is kept to unmerge
+            self._original_base = base
+            self.base_layer = dequantized_linear(base, weight, bias)
+        else:
+            self._original_base = (base.weight, base.bias)
+            self._set_base(weight, bias)
         self.merged_adapters.append(name)
 
     def check_merge(self, adapter_names: list[str] | None = None) -> None:
@@ -286,7 +305,10 @@ class GrowLayer(BaseTunerLayer):
     def unmerge(self) -> None:
         if not self.merged:  # e.g. a layer that the merged adapter does not grow
             return
-        set_projection(self.get_base_layer(), *self._original_base)
+        if isinstance(self._original_base, nn.Module):  # a quantized layer merged into a plain one
+            self.base_layer = self._original_base
+        else:
+            set_projection(self.get_base_layer(), *self._original_base)
         self._original_base = None
         self.merged_adapters.clear()
 
@@ -329,7 +351,7 @@ class GrowUpLayer(nn.Module, GrowLayer):
             self._add_parameter(self.grow_new_weight, adapter_name, self._native(new_weight))
             self._add_parameter(self.grow_new_bias, adapter_name, None if new_bias is None else new_bias.reshape(-1))
             if config.mode == "train":  # a delta on the original rows keeps the base weight untouched
-                self._add_parameter(self.grow_delta_weight, adapter_name, torch.zeros_like(base.weight))
+                self._add_parameter(self.grow_delta_weight, adapter_name, self._native(torch.zeros_like(weight)))
                 self._add_parameter(
                     self.grow_delta_bias, adapter_name, None if base.bias is None else torch.zeros_like(base.bias)
                 )
@@ -342,7 +364,7 @@ class GrowUpLayer(nn.Module, GrowLayer):
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         name = self._active_grown()
         if name is None:
-            return self.base_layer(x, *args, **kwargs)
+            return self._base_forward(x, *args, **kwargs)
         settings = self.grow_settings[name]
         base, weight, bias, new_weight = self._active_parts(name, x)
         bare = self._is_bare(base)
@@ -416,6 +438,11 @@ class GrowUpLayer(nn.Module, GrowLayer):
         """
         base = self.get_base_layer()
         delta = self.grow_delta_weight[name]
+        if self.quantized:  # the quantized layer computes W x + b; the delta goes through its own matmul
+            delta_bias = self.grow_delta_bias.get(name)
+            extra = project(matmul_input(x, delta.dtype), delta, delta_bias, self.conv1d)
+            out = base(x)
+            return out + cast(extra, out.dtype)
         bias = base.bias
         if bias is not None and name in self.grow_delta_bias:
             bias = bias.to(delta.dtype) + self.grow_delta_bias[name]
@@ -425,8 +452,8 @@ class GrowUpLayer(nn.Module, GrowLayer):
 
     def _merged_tensors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         settings, base = self.grow_settings[adapter_name], self.get_base_layer()
-        dtype = base.weight.dtype
         weight = self._linear_weight()
+        dtype = weight.dtype
         if adapter_name in self.grow_delta_weight:
             weight = weight + linear_layout(self.grow_delta_weight[adapter_name], self.conv1d).to(dtype)
         new_weight = linear_layout(self.grow_new_weight[adapter_name], self.conv1d).to(dtype)
@@ -475,7 +502,7 @@ class GrowDownLayer(nn.Module, GrowLayer):
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         name = self._active_grown()
         if name is None:
-            return self.base_layer(x, *args, **kwargs)
+            return self._base_forward(x, *args, **kwargs)
         settings = self.grow_settings[name]
         base, weight, bias, new_weight = self._active_parts(name, x)
         if settings.mean_down:  # G-Train: no new weight
@@ -511,8 +538,8 @@ class GrowDownLayer(nn.Module, GrowLayer):
 
     def _merged_tensors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         settings, base = self.grow_settings[adapter_name], self.get_base_layer()
-        dtype, k = base.weight.dtype, settings.k
-        weight = self._linear_weight()
+        weight, k = self._linear_weight(), settings.k
+        dtype = weight.dtype
         if settings.mean_down:
             merged = (weight / k).repeat(1, k)
         else:
@@ -547,6 +574,74 @@ def refuse_offloaded(module: nn.Module) -> None:
             "accelerate: the module holds a meta placeholder, and growth copies the pretrained rows. "
             + OFFLOADING_UNSUPPORTED
         )
+
+
+BNB_WEIGHTS = ("Params4bit", "Int8Params")  # bitsandbytes' 4-bit and 8-bit weights, which growth supports
+
+
+def is_bnb_quantized(module: nn.Module) -> bool:
+    return type(getattr(module, "weight", None)).__name__ in BNB_WEIGHTS
+
+
+def bnb_dequantized(module: nn.Module) -> torch.Tensor:
+    """The float weight [out, in] of a bitsandbytes 4-bit or 8-bit layer, without changing the layer.
+
+    (PEFT's dequantize_module_weight resets an 8-bit layer's scales on CPU, after which it no longer runs.)
+    """
+    import bitsandbytes as bnb
+
+    weight = module.weight
+    if type(weight).__name__ == "Params4bit":
+        if getattr(weight.quant_state, "packing_format_for_cpu", False):
+            # bitsandbytes repacks 4-bit weights for its CPU kernel at the first forward and cannot unpack them
+            # exactly; the kernel applied to the identity gives the weight it computes with, bias aside
+            with torch.no_grad():
+                eye = torch.eye(module.in_features, dtype=quantized_compute_dtype(module), device=weight.device)
+                transposed = module(eye)
+                return (transposed if module.bias is None else transposed - module.bias).T.contiguous()
+        return bnb.functional.dequantize_4bit(weight.data, weight.quant_state)
+    scales = getattr(weight, "SCB", None)
+    scales = scales if scales is not None else module.state.SCB
+    return bnb.functional.int8_vectorwise_dequant(weight.data, scales)
+
+
+def quantized_compute_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype a bitsandbytes layer computes in (its float copies are made in it)."""
+    dtype = getattr(module, "compute_dtype", None)
+    return dtype if dtype is not None else (module.bias.dtype if module.bias is not None else torch.float32)
+
+
+def dequantized_linear(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """A plain nn.Linear holding `weight` and `bias` (merged, dequantized), on the quantized module's device."""
+    out_features, in_features = weight.shape
+    linear = nn.Linear(in_features, out_features, bias=bias is not None, device="meta")
+    linear.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+    if bias is not None:
+        linear.bias = nn.Parameter(bias.detach().clone().to(weight.dtype), requires_grad=False)
+    return linear
+
+
+def refuse_unsupported_quantization(module: nn.Module) -> None:
+    """Quantized weights other than bitsandbytes' cannot be copied row by row: refuse them with the way out."""
+    kind = quantization_kind(module)
+    if kind is not None:
+        raise TypeError(
+            f"{type(module).__name__} holds {kind} weights, which peft-grow cannot copy row by row. Growth supports "
+            "float weights and bitsandbytes 4-bit / 8-bit bases (BitsAndBytesConfig): load the base that way, or "
+            "dequantize it first."
+        )
+
+
+def quantization_kind(module: nn.Module) -> str | None:
+    """The quantization scheme of a layer that growth cannot serve (GPTQ, AWQ, HQQ, torchao, ...), else None."""
+    if hasattr(module, "qweight"):  # GPTQ / AWQ / EETQ-style packed layers
+        return f"packed quantized ({type(module).__module__.split('.')[0]})"
+    if hasattr(module, "W_q"):
+        return "HQQ-quantized"
+    weight_type = type(getattr(module, "weight", None))
+    if weight_type.__module__.startswith("torchao."):
+        return f"torchao-quantized ({weight_type.__name__})"
+    return None
 
 
 def refuse_partitioned(module: nn.Module) -> None:

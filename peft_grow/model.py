@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from peft.tuners.tuners_utils import (
     BaseTuner,
     _filter_state_dict_by_key_prefixes,
@@ -15,7 +16,7 @@ from .architectures import plan_growth
 from .checking import check_growth_preserves
 from .checkpoint import GrowCheckpointError
 from .config import GrowConfig
-from .layer import GrowDownLayer, GrowLayer, GrowUpLayer
+from .layer import GrowDownLayer, GrowLayer, GrowUpLayer, bnb_dequantized, dequantized_linear, is_bnb_quantized
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,11 @@ class GrowthSummary:
     @property
     def trainable_share(self) -> float:
         return self.trainable_params / self.base_params
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
 def _refuse_saving_grown_modules(config, grown: list[str]) -> None:
@@ -133,7 +139,23 @@ class GrowModel(BaseTuner):
             raise ValueError(f"layout must be one of {LAYOUTS} or None, got {layout!r}.")
         name = adapter_names[0] if adapter_names else self.active_adapters[0]
         config = self.peft_config[name]
+        quantized = [n for n, m in self.model.named_modules() if isinstance(m, GrowLayer) and m.quantized]
         merged = super().merge_and_unload(progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)
+        embeddings = merged.get_input_embeddings() if hasattr(merged, "get_input_embeddings") else None
+        for module_name in quantized:  # dequantized layers take the dtype of the model's other float weights
+            if embeddings is not None:
+                merged.get_submodule(module_name).to(embeddings.weight.dtype)
+        if quantized and getattr(merged, "hf_quantizer", None) is not None:
+            # a checkpoint with float MLPs and quantized attention would not reload: dequantize the other layers
+            # too, so that the merged model is one standard float checkpoint. transformers' dequantize() reads
+            # 4-bit weights that bitsandbytes repacked for its CPU kernel wrongly, so the layers are replaced here
+            # and only the quantizer's own clean-up of the config is used.
+            dtype = embeddings.weight.dtype if embeddings is not None else torch.float32
+            for module_name, module in list(merged.named_modules()):
+                if is_bnb_quantized(module):
+                    weight = bnb_dequantized(module).to(dtype)
+                    _set_submodule(merged, module_name, dequantized_linear(module, weight, module.bias))
+            merged.hf_quantizer.remove_quantization_config(merged)
         if layout is not None and isinstance(config, GrowConfig):
             describe_merged(merged, config, layout)
         return merged
