@@ -22,7 +22,8 @@ symmetry_noise; the zero-init growth baseline. Every run: AdamW without weight d
 gradients, the same data order for every method at a seed, evaluated every `--eval-every` steps. Each
 (model, task, method, rate, seed) run writes its own JSON to docs/results/real_models/<model>/<task>/ with its
 curve, wall times and where it ran; a rerun skips finished runs, and a lock file per run lets several workers
-(processes, machines sharing the folder) take jobs side by side.
+(processes, machines sharing the folder) take jobs side by side. A run saves its state at every evaluation
+(`--checkpoints`, outside the repository) and a stopped run resumes from there, exactly as if unbroken.
 
     python benchmarks/fetch_models.py smollm2-135m
     python benchmarks/real_models.py baseline --model smollm2-135m
@@ -59,6 +60,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's progress bars, one per e
 
 import torch  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
@@ -390,9 +392,13 @@ def train_run(setup: Setup, method: str, lr: float, seed: int, path: Path, base_
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     pad = ev._pad_id(setup.tokenizer)
     data = batches(setup.train, args.batch, seed, pad, args.max_len)
+    checkpoints = args.checkpoints / args.model / setup.task / path.stem if args.checkpoints else None
+    done = resume(checkpoints, model, optimizer, run) if checkpoints else 0
+    for _ in range(done):  # the batches the checkpoint has seen: the same data order as an unbroken run
+        next(data)
     autocast = torch.autocast(setup.device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16-autocast")
     losses, started = [], time.perf_counter()
-    for step in range(1, args.steps + 1):
+    for step in range(done + 1, args.steps + 1):
         model.train()
         with autocast:
             loss = answer_loss(model, next(data), setup.device)
@@ -412,6 +418,8 @@ def train_run(setup: Setup, method: str, lr: float, seed: int, path: Path, base_
                 run.status = "diverged"
                 break
             write_json(path.with_suffix(".partial.json"), asdict(run))  # progress of a long run, for a look
+            if checkpoints and step < args.steps:
+                save_checkpoint(checkpoints, model, optimizer, run, step)
             log.info(
                 "%s %s lr %.0e seed %d step %d: loss %.3f, %s %.3f, retention %s",
                 args.model,
@@ -429,7 +437,60 @@ def train_run(setup: Setup, method: str, lr: float, seed: int, path: Path, base_
         run.status = "done"
     if args.keep_weights:
         keep_weights(model, args.keep_weights / args.model / setup.task / path.stem)
+    if checkpoints:
+        shutil.rmtree(checkpoints, ignore_errors=True)
     return run
+
+
+# A long run saves its state at every evaluation (trainable weights, AdamW's moments, the curve so far) in
+# <checkpoints>/<model>/<task>/<run>/step-N, outside the repository; a run that was stopped resumes from its last
+# complete one and continues exactly as an unbroken run would (same weights, moments and data order).
+
+
+def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run: Run, step: int):
+    """Written to a temporary folder and renamed; state.json last, so a folder with it is complete. Older steps
+    are removed once the new one is in place."""
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f"step-{step}.", dir=folder))
+    save_file(
+        {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad},
+        temporary / "weights.safetensors",
+    )
+    state = optimizer.state_dict()
+    moments = {f"{i}.{key}": value for i, slots in state["state"].items() for key, value in slots.items()}
+    save_file(moments, temporary / "optimizer.safetensors")
+    write_json(temporary / "state.json", {"step": step, "run": asdict(run), "param_groups": state["param_groups"]})
+    temporary.replace(folder / f"step-{step}")
+    for older in folder.iterdir():
+        if older.name != f"step-{step}":
+            shutil.rmtree(older, ignore_errors=True)
+
+
+def resume(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run: Run) -> int:
+    """Load the last complete checkpoint of this run into model, optimizer and run; the step it reached (0: none).
+    A checkpoint of other settings (steps, batch, evaluation) is not this run's and is ignored."""
+    complete = [f for f in folder.glob("step-*") if f.name[5:].isdigit() and (f / "state.json").is_file()]
+    if not complete:
+        return 0
+    last = max(complete, key=lambda f: int(f.name[5:]))
+    state = json.loads((last / "state.json").read_text(encoding="utf-8"))
+    if state["run"]["settings"] != json.loads(json.dumps(run.settings)):
+        log.warning("ignoring %s: saved with settings %s, not %s", last, state["run"]["settings"], run.settings)
+        return 0
+    weights = load_file(last / "weights.safetensors")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(weights) != trainable:
+        raise SystemExit(f"error: {last} holds other trainable weights than this run's model; remove it to restart.")
+    model.load_state_dict(weights, strict=False)
+    moments: dict[int, dict] = {}
+    for key, value in load_file(last / "optimizer.safetensors").items():
+        index, _, slot = key.partition(".")
+        moments.setdefault(int(index), {})[slot] = value
+    optimizer.load_state_dict({"state": moments, "param_groups": state["param_groups"]})
+    for name, value in state["run"].items():
+        setattr(run, name, value)
+    log.info("resumed %s at step %d", folder.name, state["step"])
+    return state["step"]
 
 
 def keep_weights(model: torch.nn.Module, folder: Path) -> None:
@@ -652,6 +713,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--pilot-steps", type=int, default=20, help="full fine-tuning steps of the layer ranking")
     run.add_argument(
         "--keep-weights", type=Path, metavar="DIR", help="save each run's trained weights under DIR/<model>/<task>/"
+    )
+    run.add_argument(
+        "--checkpoints",
+        type=lambda text: Path(text) if text else None,
+        default=default_cache().parent / "checkpoints",
+        metavar="DIR",
+        help="where runs save their state at every evaluation, to resume after a stop (default: beside the model "
+        "cache; pass '' for none)",
     )
     run.add_argument(
         "--prepare-only",

@@ -1,7 +1,7 @@
 """The real-model benchmark (benchmarks/real_models.py and its report) end to end on in-repository material: the
 stories260K model stands in for the real models, the task slices in tests/data for the shared data. Checked: the
-answer-only loss, resumable runs with one JSON each, the refusal to mix evaluation settings, and the report's
-equal-score reading on hand-made curves."""
+answer-only loss, runs with one JSON each that resume exactly after a stop, the refusal to mix evaluation
+settings, and the report's equal-score reading on hand-made curves."""
 
 import json
 import shutil
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +49,8 @@ def run_args(data: Path, results: Path, *extra: str) -> list[str]:
         "--tiny",
         "--retention",
         "copa",
+        "--checkpoints",
+        str(results / "checkpoints"),
         *extra,
     ]
 
@@ -121,6 +124,37 @@ def test_a_rerun_skips_finished_runs(data, finished, capsys):
     real_models.main(run_args(data, finished.parents[1], "--runs", "full@1e-3"))
     assert {p: p.stat().st_mtime_ns for p in finished.glob("*.json")} == before
     assert "full" not in capsys.readouterr().out
+
+
+def test_a_stopped_run_resumes_from_its_last_evaluation_as_if_unbroken(data, tmp_path, monkeypatch):
+    unbroken, stopped = tmp_path / "unbroken", tmp_path / "stopped"
+    runs = ("--runs", "g-freeze@1e-3", "--keep-weights")
+    real_models.main(run_args(data, unbroken, *runs, str(unbroken / "weights")))
+    evaluate, calls = real_models.evaluate, []
+
+    def stop_at_the_last_evaluation(*args):
+        calls.append(args)
+        if len(calls) == 3:  # the base model, step 1, then the end of --tiny's 2 steps
+            raise KeyboardInterrupt
+        return evaluate(*args)
+
+    monkeypatch.setattr(real_models, "evaluate", stop_at_the_last_evaluation)
+    with pytest.raises(KeyboardInterrupt):
+        real_models.main(run_args(data, stopped, *runs, str(stopped / "weights")))
+    assert [p.parent.name for p in (stopped / "checkpoints").rglob("state.json")] == ["step-1"]
+    monkeypatch.setattr(real_models, "evaluate", evaluate)
+    real_models.main(run_args(data, stopped, *runs, str(stopped / "weights")))
+
+    def final(root):
+        run = json.loads((root / "stories" / "qasc" / "g-freeze_lr1e-03_s0.json").read_text())
+        adapter = root / "weights" / "stories" / "qasc" / "g-freeze_lr1e-03_s0" / "adapter_model.safetensors"
+        return [(c["step"], c["train_loss"], c["task"]) for c in run["curve"]], load_file(adapter)
+
+    (curve, weights), (resumed_curve, resumed_weights) = final(unbroken), final(stopped)
+    assert resumed_curve == curve and len(curve) == 3
+    assert weights.keys() == resumed_weights.keys()
+    assert all(torch.equal(weights[k], resumed_weights[k]) for k in weights)
+    assert not list((stopped / "checkpoints").rglob("step-*"))  # removed once the run is done
 
 
 def test_other_evaluation_settings_are_refused_in_the_same_folder(data, finished):
