@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test conformance lint format clean
 
 install: $(STAMP)
 
@@ -24,6 +24,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+# PEFT's own generic tester (PeftCommonTester) against GROW, offline; not part of `make test` (docs/conformance.md).
+# The first run downloads the installed peft's sdist (its tests) into ~/.cache/peft-grow/peft-src with pip.
+conformance: $(STAMP)
+	$(PY) benchmarks/peft_conformance.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -298,8 +298,9 @@ class GrowLayer(BaseTunerLayer):
         if not (torch.isfinite(weight).all() and (bias is None or torch.isfinite(bias).all())):
             base = self.get_base_layer()
             raise ValueError(
-                f"The merged weights of adapter {name!r} would contain NaN or inf (layer wrapping "
-                f"{type(base).__name__} {tuple(base.weight.shape)}); the adapter is broken. Nothing was merged."
+                f"NaNs detected in the merged weights. The adapter {name} seems to be broken: merging it would write "
+                f"NaN or inf into the layer wrapping {type(base).__name__} {tuple(base.weight.shape)}. Nothing was "
+                "merged."  # PEFT's own wording first, which its tools and tests match
             )
 
     def unmerge(self) -> None:

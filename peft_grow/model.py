@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -119,6 +120,17 @@ class GrowModel(BaseTuner):
         if safe_merge:
             self._check_merge(adapter_names)
         super().merge_adapter(adapter_names=adapter_names, safe_merge=False)
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        """PeftModel.forward and generate enter this, then drop `adapter_names`: without it a mixed batch would run
+        every row with the active adapter, silently. Grown adapters give the MLPs their own widths: refuse."""
+        if kwargs.get("adapter_names") is not None:
+            raise ValueError(
+                "Grown adapters cannot be mixed in one batch (adapter_names=...): each gives the MLPs its own width. "
+                "Run one batch per adapter after set_adapter(name), or use disable_adapter() for the base model."
+            )
+        yield
 
     def merge_and_unload(
         self,
