@@ -42,7 +42,7 @@ exactly the base model's function.
 ### Load it
 
 ```python
-import peft_grow  # registers the GROW method with PEFT: needed in every process that loads this adapter
+import peft_grow  # registers the GROW method with PEFT (installed peft-grow also does it when peft is imported)
 from peft import PeftModel
 from transformers import {auto_class}
 
