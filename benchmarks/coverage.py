@@ -79,7 +79,6 @@ TINY = {
     "qk_rope_head_dim": 16,  # = head_dim, which rotary embeddings read
     "qk_head_dim": 32,
     "v_head_dim": 16,
-    "mamba_d_head": 16,
 }
 # set even where the default config leaves them None (derived from other sizes, which the shrinking changed)
 DERIVED = ("head_dim", "num_key_value_heads")
@@ -108,9 +107,12 @@ def tiny_config(model_type: str):
             if key in getattr(target, "__dict__", {}) and getattr(target, key) is None:
                 with contextlib.suppress(AttributeError):
                     setattr(target, key, TINY[key])
-        inner = getattr(target, "mamba_expand", getattr(target, "expand", 2)) * TINY["hidden_size"]
-        if getattr(target, "mamba_n_heads", None):  # Mamba-2 heads tile the inner width
-            target.mamba_n_heads = inner // TINY["mamba_d_head"]
+        inner = getattr(target, "mamba_d_ssm", None) or (
+            getattr(target, "mamba_expand", getattr(target, "expand", 2)) * TINY["hidden_size"]
+        )
+        heads, width = getattr(target, "mamba_n_heads", None), getattr(target, "mamba_d_head", None)
+        if isinstance(heads, int) and isinstance(width, int) and heads * width != inner:  # heads tile the width
+            target.mamba_n_heads, target.mamba_d_head = inner // 16, 16
         if getattr(target, "kv_lora_rank", None) and getattr(target, "num_key_value_heads", None):
             target.num_key_value_heads = TINY["num_attention_heads"]  # latent attention: one key/value per head
         if getattr(target, "model_type", "") == "mamba2":
