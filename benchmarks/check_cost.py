@@ -16,19 +16,12 @@ import warnings
 
 import torch
 from peft import get_peft_model
+from speed import SETTINGS  # benchmarks/speed.py, beside this script
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from peft_grow import GrowConfig
 
-GEMMA3_1B = dict(
-    hidden_size=1152,
-    intermediate_size=6912,
-    num_hidden_layers=26,
-    vocab_size=262144,
-    num_attention_heads=4,
-    num_key_value_heads=1,
-    head_dim=256,
-)
+GEMMA3_1B = SETTINGS["gemma3-1b"][1]  # the speed benchmark's Gemma3-1B shape
 
 
 def main() -> None:

@@ -171,19 +171,15 @@ def split_module_name(name: str) -> tuple[str, int, str] | None:
 
 def _projections(model: nn.Module) -> dict[str, nn.Module]:
     """Every Linear/Conv1D by name, seen through tuner wrappers (a wrapped module counts as its base layer)."""
-    from .layer import quantization_kind  # the layers import this module
+    from .layer import unsupported_quantization  # the layers import this module
 
     found = {}
     for name, module in model.named_modules():
         if name.endswith(".base_layer") or ".base_layer." in name:
             continue
-        kind = quantization_kind(module)
-        if kind is not None:
-            raise UnsupportedArchitectureError(
-                f"{name} ({type(module).__name__}) holds {kind} weights, which peft-grow cannot copy row by row. "
-                "Growth supports float weights and bitsandbytes 4-bit / 8-bit bases (BitsAndBytesConfig): load the "
-                "base that way, or dequantize it first."
-            )
+        message = unsupported_quantization(module, name)
+        if message is not None:
+            raise UnsupportedArchitectureError(message)
         base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
         if isinstance(base, (nn.Linear, Conv1D)):
             if getattr(module, "merged", False):

@@ -624,13 +624,22 @@ def dequantized_linear(module: nn.Module, weight: torch.Tensor, bias: torch.Tens
 
 def refuse_unsupported_quantization(module: nn.Module) -> None:
     """Quantized weights other than bitsandbytes' cannot be copied row by row: refuse them with the way out."""
+    message = unsupported_quantization(module)
+    if message is not None:
+        raise TypeError(message)
+
+
+def unsupported_quantization(module: nn.Module, name: str | None = None) -> str | None:
+    """Why growth cannot serve this quantized layer (GPTQ, AWQ, HQQ, torchao, ...) and what to do, else None."""
     kind = quantization_kind(module)
-    if kind is not None:
-        raise TypeError(
-            f"{type(module).__name__} holds {kind} weights, which peft-grow cannot copy row by row. Growth supports "
-            "float weights and bitsandbytes 4-bit / 8-bit bases (BitsAndBytesConfig): load the base that way, or "
-            "dequantize it first."
-        )
+    if kind is None:
+        return None
+    layer = type(module).__name__ if name is None else f"{name} ({type(module).__name__})"
+    return (
+        f"{layer} holds {kind} weights, which peft-grow cannot copy row by row. Growth supports "
+        "float weights and bitsandbytes 4-bit / 8-bit bases (BitsAndBytesConfig): load the base that way, or "
+        "dequantize it first."
+    )
 
 
 def quantization_kind(module: nn.Module) -> str | None:

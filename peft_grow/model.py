@@ -153,16 +153,16 @@ class GrowModel(BaseTuner):
         config = self.peft_config[name]
         quantized = [n for n, m in self.model.named_modules() if isinstance(m, GrowLayer) and m.quantized]
         merged = super().merge_and_unload(progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)
-        embeddings = merged.get_input_embeddings() if hasattr(merged, "get_input_embeddings") else None
-        for module_name in quantized:  # dequantized layers take the dtype of the model's other float weights
-            if embeddings is not None:
-                merged.get_submodule(module_name).to(embeddings.weight.dtype)
+        if quantized:  # dequantized layers take the dtype of the model's other float weights (its embeddings)
+            embeddings = merged.get_input_embeddings() if hasattr(merged, "get_input_embeddings") else None
+            dtype = embeddings.weight.dtype if embeddings is not None else torch.float32
+            for module_name in quantized:
+                merged.get_submodule(module_name).to(dtype)
         if quantized and getattr(merged, "hf_quantizer", None) is not None:
             # a checkpoint with float MLPs and quantized attention would not reload: dequantize the other layers
             # too, so that the merged model is one standard float checkpoint. transformers' dequantize() reads
             # 4-bit weights that bitsandbytes repacked for its CPU kernel wrongly, so the layers are replaced here
             # and only the quantizer's own clean-up of the config is used.
-            dtype = embeddings.weight.dtype if embeddings is not None else torch.float32
             for module_name, module in list(merged.named_modules()):
                 if is_bnb_quantized(module):
                     weight = bnb_dequantized(module).to(dtype)
