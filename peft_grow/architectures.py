@@ -72,6 +72,11 @@ ARCHITECTURES: dict[str, MLPLayout] = {
     "phi": MLPLayout(up=(r"mlp\.fc1",), down=(r"mlp\.fc2",)),
     "gptj": FC_IN_OUT,
     "codegen": FC_IN_OUT,
+    # single up projection in a Sequential (Linear, ReLU, Linear), or in a stack of its own
+    "ctrl": MLPLayout(up=(r"ffn\.0",), down=(r"ffn\.2",), width_key="dff"),
+    "xlm": MLPLayout(up=(r"lin1",), down=(r"lin2",), stack=r"transformer\.ffns", width_key=None),
+    # fused input/gate projection: input, gate = Wi(x).chunk(2)
+    "modernbert-decoder": MLPLayout(up=(r"mlp\.Wi",), down=(r"mlp\.Wo",), fused_up_chunks=2),
     # encoders: intermediate.dense -> act; output.dense -> dropout -> LayerNorm(residual + ...)
     "bert": MLPLayout(up=(r"intermediate\.dense",), down=(r"output\.dense",)),
     "roberta": MLPLayout(up=(r"intermediate\.dense",), down=(r"output\.dense",)),
@@ -102,26 +107,16 @@ STRUCTURES: tuple[MLPLayout, ...] = (
 )
 WIDTH_KEYS = ("intermediate_size", "ffn_hidden_size", "ffn_dim", "d_ff", "n_inner", "decoder_ffn_dim")
 
-_MOE = "its experts are stored as fused 3-D parameters, not as Linear layers that can be widened"
+_MOE = (
+    "its experts are stored in a layout of their own, not in transformers' standard fused experts module "
+    "(gate_up_proj / down_proj marked by use_experts_implementation), which is what peft-grow widens"
+)
 REFUSED: dict[str, str] = {
     **{
         name: _MOE
         for name in (
-            "mixtral",
-            "qwen2_moe",
-            "qwen3_moe",
-            "olmoe",
-            "granitemoe",
-            "phimoe",
             "dbrx",
-            "jamba",
-            "deepseek_v2",
-            "deepseek_v3",
-            "gpt_oss",
-            "llama4",
-            "llama4_text",  # what AutoModelForCausalLM builds from a llama4 config
             "jetmoe",
-            "minimax",
         )
     },
     **{
@@ -138,7 +133,8 @@ class UnsupportedArchitectureError(ValueError):
 
 @dataclass(frozen=True)
 class GrownMLP:
-    """One MLP to grow: its module names, hidden size h and width p."""
+    """One MLP to grow: its module names, hidden size h and width p. A fused experts module (`experts` > 0, the
+    number of experts) is one MLP whose up and down names are both the module's; p is each expert's width."""
 
     stack: str
     index: int
@@ -147,6 +143,7 @@ class GrownMLP:
     hidden: int
     width: int
     chunks: int
+    experts: int = 0
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
@@ -205,6 +202,8 @@ def resolve_layout(model: nn.Module, config) -> MLPLayout:
         )
     if model_type not in ARCHITECTURES and (detected := detect_layout(model)) is not None:
         return detected
+    if model_type not in ARCHITECTURES and _experts_modules(model, MLPLayout(up=(), down=()).stack):
+        return MLPLayout(up=(), down=(), width_key=None)  # experts only (Mixtral, OLMoE, ...): no dense MLP
     if model_type not in ARCHITECTURES:
         raise UnsupportedArchitectureError(
             f"peft-grow does not know the MLP layout of model_type {model_type!r}. "
@@ -278,7 +277,15 @@ def _group(modules: dict[str, nn.Module], layout: MLPLayout, explicit: bool) -> 
             groups[(stack, index)]["up"].append(name)
         elif any(re.fullmatch(p, inner) for p in layout.down):
             groups[(stack, index)]["down"].append(name)
+    if not explicit:  # names alone also match e.g. an attention output gate (`self_attn.gate_proj`) beside the MLP
+        for names in groups.values():  # an MLP's projections are siblings where any are (not in BERT)
+            down = names["down"][0] if len(names["down"]) == 1 else None
+            names["up"] = [up for up in names["up"] if _parent(up) == _parent(down or "")] or names["up"]
     return groups
+
+
+def _parent(name: str) -> str:
+    return name.rpartition(".")[0]
 
 
 def plan_growth(model: nn.Module, config) -> list[GrownMLP]:
@@ -291,7 +298,8 @@ def plan_growth(model: nn.Module, config) -> list[GrownMLP]:
     explicit = config.up_modules is not None
     modules = _projections(model)
     groups = _group(modules, layout, explicit)
-    if not groups:
+    experts = _experts_modules(model, layout.stack)
+    if not groups and not experts:
         raise UnsupportedArchitectureError(
             f"No module matches up={list(layout.up)} / down={list(layout.down)} inside numbered layers"
             + (" or by its full name" if explicit else "")
@@ -300,9 +308,9 @@ def plan_growth(model: nn.Module, config) -> list[GrownMLP]:
             + " Check GrowConfig.up_modules / down_modules (regexes relative to a layer, or full module names for "
             "an MLP outside numbered layers)."
         )
-    _refuse_fused_experts(model, {f"{s}.{i}" for s, i in groups})
+    _refuse_fused_experts(model, {f"{s}.{i}" for s, i in [*groups, *experts]}, set(experts.values()))
 
-    layer_counts = _layer_counts(model, {stack for stack, index in groups if index != UNNUMBERED})
+    layer_counts = _layer_counts(model, {stack for stack, index in [*groups, *experts] if index != UNNUMBERED})
     if config.layers is not None and not layer_counts:
         where = sorted(groups)[0][0] or "the model itself"
         raise ValueError(
@@ -316,6 +324,9 @@ def plan_growth(model: nn.Module, config) -> list[GrownMLP]:
         if not selected or _is_excluded(config.exclude_modules, names["up"] + names["down"]):
             continue
         plan.append(_check_mlp(stack, index, names, modules, layout.fused_up_chunks))
+    for (stack, index), name in sorted(experts.items()):
+        if index in chosen[stack] and not _is_excluded(config.exclude_modules, [name]):
+            plan.append(_experts_mlp(model, stack, index, name))
     if not plan:
         unnumbered = " (MLPs outside numbered layers are grown only with layers=None)" if not layer_counts else ""
         raise ValueError(
@@ -325,16 +336,57 @@ def plan_growth(model: nn.Module, config) -> list[GrownMLP]:
     return plan
 
 
-def _refuse_fused_experts(model: nn.Module, layer_prefixes: set[str]) -> None:
-    """Mixture-of-experts weights stored as fused 3-D parameters (`experts.gate_up_proj` [E, 2I, h]) cannot be
-    widened as Linear layers; other 3-D parameters (a Mamba block's conv1d) are not part of any MLP."""
+def _experts_modules(model: nn.Module, stack: str) -> dict[tuple[str, int], str]:
+    """The fused experts module (peft_grow.experts) of each numbered layer that has one, seen through a grown
+    layer's wrapper, by (layer stack, index)."""
+    from .experts import experts_layout  # it imports the layers, which import this module
+
+    found = {}
+    for name, module in model.named_modules():
+        if name.endswith(".base_layer") or ".base_layer." in name:
+            continue
+        base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+        split = split_module_name(name)
+        if split is None or experts_layout(base) is None or not re.fullmatch(stack, split[0]):
+            continue
+        if getattr(module, "merged", False):
+            raise UnsupportedArchitectureError(
+                f"{name} has a merged adapter, so its width is not the base model's. Call unmerge_adapter() before "
+                "adding another grown adapter."
+            )
+        if (split[0], split[1]) in found:
+            raise UnsupportedArchitectureError(
+                f"Layer {split[1]} of {split[0]!r} has two experts modules, {found[(split[0], split[1])]} and {name}; "
+                "peft-grow grows one per layer. Leave one out with exclude_modules."
+            )
+        found[(split[0], split[1])] = name
+    return found
+
+
+def _experts_mlp(model: nn.Module, stack: str, index: int, name: str) -> GrownMLP:
+    from .experts import experts_layout, experts_shape
+
+    module = model.get_submodule(name)
+    base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+    layout = experts_layout(base)
+    count, hidden, width = experts_shape(base, layout)
+    return GrownMLP(stack, index, (name,), name, hidden, width, layout.chunks, experts=count)
+
+
+def _refuse_fused_experts(model: nn.Module, layer_prefixes: set[str], known: set[str]) -> None:
+    """Mixture-of-experts weights stored as 3-D parameters outside transformers' standard experts module (`known`,
+    grown by peft_grow.experts) cannot be widened; other 3-D parameters (a Mamba block's conv1d) are not part of
+    any MLP."""
     for name, param in model.named_parameters():
         split = split_module_name(name)
         inside = split is not None and f"{split[0]}.{split[1]}" in layer_prefixes
-        if param.ndim == 3 and inside and "expert" in split[2].lower():
+        owner = name.rpartition(".")[0].removesuffix(".base_layer")
+        if param.ndim == 3 and inside and "expert" in split[2].lower() and owner not in known:
             raise UnsupportedArchitectureError(
-                f"{name} is a fused 3-D parameter of shape {tuple(param.shape)} holding mixture-of-experts weights. "
-                "peft-grow widens Linear MLPs only; growing experts stored this way is not supported."
+                f"{name} is a 3-D parameter of shape {tuple(param.shape)} holding mixture-of-experts weights outside "
+                "transformers' standard fused experts module (gate_up_proj / down_proj marked by "
+                "use_experts_implementation), which is what peft-grow widens; growing experts stored this way is not "
+                "supported."
             )
 
 

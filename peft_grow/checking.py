@@ -38,6 +38,9 @@ def check_growth_preserves(model: nn.Module, mlps: list[GrownMLP], config) -> No
 
 
 def _check_one(model: nn.Module, mlp: GrownMLP, config) -> None:
+    if mlp.experts:
+        _check_experts(model, mlp, config)
+        return
     names = (*mlp.up, mlp.down)
     if any(type(model.get_submodule(name)) not in (nn.Linear, Conv1D) for name in names):
         return  # already wrapped (a second adapter, another tuner): checked when first grown, or not a plain layer
@@ -60,7 +63,7 @@ def _check_one(model: nn.Module, mlp: GrownMLP, config) -> None:
             except Exception as error:  # the grown width reaches work sized for the old one
                 found, failure = None, f"{type(error).__name__}: {error}"
     scale = expected.detach().abs().max().item()
-    tolerance = TOLERANCE.get(expected.dtype, LOW_PRECISION_TOLERANCE) * scale + torch.finfo(expected.dtype).tiny
+    tolerance = _tolerance(expected.dtype, scale)
     if failure is not None:
         measured = f"fails ({failure.splitlines()[0]})"
     elif found.shape != expected.shape:
@@ -78,6 +81,38 @@ def _check_one(model: nn.Module, mlp: GrownMLP, config) -> None:
         "selection across the MLP's width, say), so growth would change the model's function. Leave this MLP out "
         "(exclude_modules or layers), or pass check_function=False only if you know the difference is harmless."
     )
+
+
+def _check_experts(model: nn.Module, mlp: GrownMLP, config) -> None:
+    """The same check for a fused experts module, run directly on tokens routed to every expert."""
+    from .experts import experts_layout, preserves_function
+
+    module = model.get_submodule(mlp.down)
+    layout = experts_layout(module)
+    if layout is None or module.down_proj.is_meta:
+        return  # already wrapped (a second adapter): checked when first grown; or no real weights
+    with _evaluating(module):
+        result = preserves_function(module, layout, config)
+    if isinstance(result, str):
+        measured = f"fails ({result})"
+    else:
+        difference, scale = result
+        tolerance = _tolerance(module.down_proj.dtype, scale)
+        if difference <= tolerance:
+            return
+        measured = (
+            f"changes its output by up to {difference:.3g} (largest |output| {scale:.3g}, tolerance {tolerance:.2g})"
+        )
+    raise UnsupportedArchitectureError(
+        f"Growing the experts of {mlp.down} ({type(module).__name__}) at their function-preserving start {measured}: "
+        "its experts' work between the up and down projections is not elementwise, so growth would change the "
+        "model's function. Leave this layer out (exclude_modules or layers), or pass check_function=False only if "
+        "you know the difference is harmless."
+    )
+
+
+def _tolerance(dtype: torch.dtype, scale: float) -> float:
+    return TOLERANCE.get(dtype, LOW_PRECISION_TOLERANCE) * scale + torch.finfo(dtype).tiny
 
 
 @contextmanager

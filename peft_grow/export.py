@@ -18,6 +18,7 @@ so an interrupted export never leaves a half-written checkpoint at the target pa
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -33,11 +34,14 @@ from transformers import AutoConfig
 from .architectures import WIDTH_KEYS, linear_shape, plan_growth, resolve_layout
 from .cards import write_merged_card
 from .config import GrowConfig
+from .experts import experts_layout, pad_experts
 from .layer import interleave, linear_layout, set_projection
 
 logger = logging.getLogger(__name__)
 LAYOUTS = ("pad", "per-layer")
-SHAPES_KEY = "peft_grow_shapes"  # config attribute of a per-layer checkpoint: module name -> [in, out]
+SHAPES_KEY = "peft_grow_shapes"  # config attribute of a per-layer checkpoint: module name -> [in, out], or
+# "<experts module>.<tensor>" -> its full shape
+MIXTURE_WIDTH_KEYS = (*WIDTH_KEYS, "moe_intermediate_size", "shared_expert_intermediate_size")
 
 
 def save_merged(
@@ -93,6 +97,9 @@ def describe_merged(merged: nn.Module, config: GrowConfig, layout: str = "pad") 
     width = max(widths)
     if getattr(merged, "config", None) is None:  # a custom torch model: no config to describe, nothing to reload
         return widths
+    if any(mlp.experts for mlp in mlps):
+        _describe_mixture(merged, config, mlps, layout)
+        return widths
     width_key = resolve_layout(merged, layout_of_mlps).width_key
     if width_key is None and layout == "pad":  # a detected layout whose config names no width peft-grow knows
         logger.warning(
@@ -107,9 +114,78 @@ def describe_merged(merged: nn.Module, config: GrowConfig, layout: str = "pad") 
             _pad_mlp(merged, mlp, width)
         _set_config_width(merged.config, width_key, width)
     else:
-        shapes = {name: list(linear_shape(merged.get_submodule(name))) for mlp in mlps for name in (*mlp.up, mlp.down)}
-        setattr(merged.config, SHAPES_KEY, shapes)
+        _record_shapes(merged, mlps)
     return widths
+
+
+def _describe_mixture(merged: nn.Module, config: GrowConfig, mlps: list, layout: str) -> None:
+    """describe_merged for a model with experts, whose config names several widths (dense MLPs, routed experts,
+    shared experts, some derived from others): every MLP becomes k times its original width (the ones not grown
+    padded with zero units), so every width the config names scales by k. The scaled config is checked by
+    building the model from it on the meta device; where it does not give the merged shapes, or the layout is
+    per-layer with MLPs left narrow, the shapes are recorded for load_merged instead."""
+    grown = {mlp.down for mlp in plan_growth(merged, config)}
+    all_grown = all(mlp.down in grown for mlp in mlps)
+    if layout == "pad" or all_grown:
+        if layout == "pad":
+            for mlp in mlps:
+                if mlp.down not in grown:
+                    _pad_mlp(merged, mlp, config.k * mlp.width)
+        scaled = _scaled_widths(merged.config, config.k)
+        if scaled and _builds_merged_shapes(merged, scaled):
+            for key, value in scaled.items():
+                _set_config_width(merged.config, key, value)
+            return
+        logger.warning(
+            "Scaling the MLP widths of %s's config (%s) by k=%d does not describe the merged model; it records its "
+            "MLP shapes for peft_grow.load_merged instead (the per-layer layout).",
+            type(merged).__name__,
+            ", ".join(scaled) or "none found",
+            config.k,
+        )
+    _record_shapes(merged, mlps)
+
+
+def _scaled_widths(model_config, k: int) -> dict[str, int]:
+    """Every MLP width the config names (dotted for a text sub-config), times k."""
+    return {
+        prefix + key: k * getattr(node, key)
+        for prefix, node in (("", model_config), ("text_config.", getattr(model_config, "text_config", None)))
+        for key in MIXTURE_WIDTH_KEYS
+        if node is not None and isinstance(getattr(node, key, None), int) and not isinstance(getattr(node, key), bool)
+    }
+
+
+def _builds_merged_shapes(merged: nn.Module, widths: dict[str, int]) -> bool:
+    """Whether the model class, built on the meta device from the config with `widths`, has the merged shapes."""
+    scaled = copy.deepcopy(merged.config)
+    for key, value in widths.items():
+        _set_config_width(scaled, key, value)
+    try:
+        with torch.device("meta"):
+            rebuilt = type(merged)._from_config(scaled)
+    except Exception:  # noqa: BLE001  (a config the class refuses)
+        return False
+    expected = rebuilt.state_dict()
+    return all(expected[key].shape == tensor.shape for key, tensor in merged.state_dict().items() if key in expected)
+
+
+def _record_shapes(merged: nn.Module, mlps: list) -> None:
+    """The per-layer layout: every grown module's shape under SHAPES_KEY, [in, out] for a projection and the
+    full shape of each 3-D tensor (`<module>.<tensor>`) of an experts module."""
+    shapes = {}
+    for mlp in mlps:
+        if mlp.experts:
+            module = merged.get_submodule(mlp.down)
+            shapes.update({f"{mlp.down}.{key}": list(module._parameters[key].shape) for key in _tensor_names(module)})
+        else:
+            shapes.update({name: list(linear_shape(merged.get_submodule(name))) for name in (*mlp.up, mlp.down)})
+    setattr(merged.config, SHAPES_KEY, shapes)
+
+
+def _tensor_names(module: nn.Module) -> tuple[str, ...]:
+    layout = experts_layout(module)
+    return (layout.up, "down_proj", *((layout.up_bias,) if layout.bias else ()))
 
 
 def save_adapter(model, out_dir: str | os.PathLike, overwrite: bool = False, **kwargs) -> None:
@@ -139,7 +215,13 @@ def load_merged(path: str | os.PathLike, **kwargs) -> nn.Module:
         return model_class.from_pretrained(path, **kwargs)
     kwargs.setdefault("dtype", getattr(config, "dtype", None) or torch.float32)
     model = model_class._from_config(config, **kwargs)
-    for name, (in_features, out_features) in shapes.items():
+    for name, shape in shapes.items():
+        owner, _, tensor = name.rpartition(".")
+        if tensor in model.get_submodule(owner)._parameters:  # a 3-D tensor of an experts module
+            like = model.get_submodule(owner)._parameters[tensor]
+            model.get_submodule(owner)._parameters[tensor] = _parameter(like.new_empty(shape), like)
+            continue
+        in_features, out_features = shape
         module = model.get_submodule(name)
         shape = (in_features, out_features) if _is_conv1d(module) else (out_features, in_features)
         like = module.weight
@@ -168,6 +250,9 @@ def _pad_mlp(model: nn.Module, mlp, width: int) -> None:
     """Widen one MLP to `width` with units that contribute exactly zero: zero up rows, zero down columns."""
     extra = width - mlp.width
     if extra == 0:
+        return
+    if mlp.experts:
+        pad_experts(model.get_submodule(mlp.down), extra)
         return
     for name in mlp.up:
         module = model.get_submodule(name)

@@ -130,9 +130,13 @@ class GrowLayer(BaseTunerLayer):
         refuse_partitioned(base_layer)
         refuse_offloaded(base_layer)
         refuse_unsupported_quantization(base_layer)
-        self.base_layer = base_layer
+        self._init_adapter_state(base_layer)
         self.conv1d = isinstance(base_layer, Conv1D)
         self.quantized = is_bnb_quantized(base_layer)  # original rows: the quantized layer; new ones: float copies
+
+    def _init_adapter_state(self, base_layer: nn.Module) -> None:
+        """The wrapped module and the per-adapter stores, empty."""
+        self.base_layer = base_layer
         self.grow_new_weight = nn.ParameterDict()
         self.grow_new_bias = nn.ParameterDict()
         self.grow_delta_weight = nn.ParameterDict()

@@ -17,6 +17,7 @@ from .architectures import plan_growth
 from .checking import check_growth_preserves
 from .checkpoint import GrowCheckpointError
 from .config import GrowConfig
+from .experts import GrowExpertsLayer
 from .layer import GrowDownLayer, GrowLayer, GrowUpLayer, bnb_dequantized, dequantized_linear, is_bnb_quantized
 
 
@@ -52,6 +53,9 @@ def _refuse_saving_grown_modules(config, grown: list[str]) -> None:
             )
 
 
+EXPERTS = "experts"  # the role of a fused experts module among GrowModel._up_chunks' values
+
+
 class GrowModel(BaseTuner):
     """Grows the MLPs chosen by a `GrowConfig` (see `peft_grow.config`).
 
@@ -74,11 +78,15 @@ class GrowModel(BaseTuner):
         # with the model at hand, and hand PEFT the exact module names. A state_dict cannot tell the roles (a
         # G-Train down projection has no tensor in it), so it is not used to pick targets.
         config = self.peft_config[adapter_name]
-        self._up_chunks = {}  # module name -> fused chunks for up-side projections; down projections map to None
+        # module name -> fused chunks for up-side projections; None for down projections, EXPERTS for experts modules
+        self._up_chunks = {}
         mlps = plan_growth(model, config)
         if config.check_function:
             check_growth_preserves(model, mlps, config)
         for mlp in mlps:
+            if mlp.experts:
+                self._up_chunks[mlp.down] = EXPERTS
+                continue
             self._up_chunks.update({name: mlp.chunks for name in mlp.up})
             self._up_chunks[mlp.down] = None
         config.target_modules = sorted(self._up_chunks)
@@ -99,13 +107,23 @@ class GrowModel(BaseTuner):
         if isinstance(target, GrowLayer):
             target.update_layer(adapter_name, config, chunks=chunks or 1)
             return
-        if chunks is None:  # a down projection
+        if chunks == EXPERTS:
+            new_module = GrowExpertsLayer(target, adapter_name, config)
+        elif chunks is None:  # a down projection
             new_module = GrowDownLayer(target, adapter_name, config)
         else:
             new_module = GrowUpLayer(target, adapter_name, config, chunks=chunks)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)  # an added adapter is not trained until it is activated
         self._replace_module(parent, target_name, new_module, target)
+
+    def _replace_module(self, parent, child_name, new_module, child) -> None:
+        # PEFT's version copies `weight` and `bias` from the wrapper onto the module put back on unloading; an
+        # experts module has neither (its 3-D tensors stay on it throughout), so it is only put back in place.
+        if isinstance(child, GrowExpertsLayer) and new_module is child.get_base_layer():
+            setattr(parent, child_name, new_module)
+            return
+        super()._replace_module(parent, child_name, new_module, child)
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)

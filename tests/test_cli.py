@@ -194,10 +194,19 @@ def test_plan_bad_model_paths(capsys, files, tmp_path):
 
 
 def test_plan_unsupported_architecture(capsys, tmp_path):
-    AutoConfig.for_model("mixtral", hidden_size=32, intermediate_size=40, num_hidden_layers=2).save_pretrained(tmp_path)
+    config = AutoConfig.for_model("jetmoe", hidden_size=32, intermediate_size=40, num_hidden_layers=2)
+    config.save_pretrained(tmp_path)
     code, _, err = run(capsys, "plan", tmp_path)
     assert_one_line_error(code, err)
-    assert "mixtral" in err
+    assert "jetmoe" in err and "layout of their own" in err
+
+
+def test_plan_counts_the_experts_of_a_mixture_of_experts_model(capsys, tmp_path):
+    config = AutoConfig.for_model("mixtral", hidden_size=32, intermediate_size=40, num_hidden_layers=2)
+    config.save_pretrained(tmp_path)
+    code, out, _ = run(capsys, "plan", tmp_path)
+    assert code == 0
+    assert "61,440" in out  # 8 experts x 2 layers x (2*40*32 up rows + 32*40 down columns)
 
 
 # -- inspect ---------------------------------------------------------------------------------------------------

@@ -153,6 +153,6 @@ def test_bad_inputs_raise_clear_errors(tmp_path, gemma_config):
         plan_costs(gemma_config, k=1)
     with pytest.raises(ValueError, match="out of range"):
         plan_costs(gemma_config, layers=[26])
-    moe = AutoConfig.for_model("mixtral", **TINY_CONFIGS["llama"][0], num_local_experts=2)
+    moe = AutoConfig.for_model("jetmoe", **TINY_CONFIGS["llama"][0], num_local_experts=2)  # experts of its own
     with pytest.raises(UnsupportedArchitectureError):
         plan_costs(moe)

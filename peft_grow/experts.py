@@ -1,0 +1,301 @@
+"""Mixture-of-experts blocks: every expert of a fused experts module grows the way a dense MLP does.
+
+transformers 5 stores the experts of a block as 3-D parameters of one module, marked by its
+`@use_experts_implementation` decorator (attributes `has_gate`, `has_bias`, `is_transposed`, `is_concatenated`):
+
+    gate_up_proj [E, 2p, h]  (or up_proj [E, p, h] without a gate)     down_proj [E, h, p]
+    ([E, h, 2p] and [E, p, h] where is_transposed); biases [E, 2p] and [E, h] where has_bias
+
+Growth widens p to k*p in every expert, as for a dense MLP: the up side gains k-1 copies of its rows per gate/up
+half ([gate; up] concatenated) or as whole rows (gate/up pairs interleaved, gpt-oss), and the down side splits
+into k column blocks of W_down / k. The router and the down bias are left alone; shared experts are plain MLPs
+and grow as such (peft_grow.architectures).
+
+The grown layer calls the experts module's own forward (whichever experts implementation the model runs: eager
+loops, batched or grouped matmuls) on wide tensors assembled at each call with `torch.func.functional_call`, so
+the original tensors are never modified and the new ones are ordinary trainable parameters. The k down blocks
+are summed inside one matmul, so the grown model equals the base up to float rounding, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .layer import GrowLayer, GrowSettings, interleave, zero_sum_noise
+
+DECORATOR_ATTRIBUTES = ("has_gate", "has_bias", "is_transposed", "is_concatenated")
+
+
+@dataclass(frozen=True)
+class ExpertsLayout:
+    """Where an experts module keeps its tensors and how its up side splits."""
+
+    up: str  # "gate_up_proj" or "up_proj"
+    chunks: int  # 2 for [gate; up] concatenated along the width; 1 otherwise (interleaved pairs copy as whole rows)
+    transposed: bool  # weights stored [E, in, out]
+    bias: bool
+
+    @property
+    def up_bias(self) -> str:
+        return self.up + "_bias"
+
+
+# experts modules without the decorator that store the same tensors: class name -> layout
+UNDECORATED = {
+    # Llama 4: gate_up_proj [E, h, 2p], down_proj [E, p, h]; tokens arrive sorted by expert, one bmm per side
+    "Llama4TextExperts": ExpertsLayout("gate_up_proj", chunks=2, transposed=True, bias=False),
+}
+
+
+def experts_layout(module: nn.Module) -> ExpertsLayout | None:
+    """The layout of a transformers experts module with fused 3-D weights, else None."""
+    if type(module).__name__ in UNDECORATED:
+        layout = UNDECORATED[type(module).__name__]
+        params = module._parameters
+        return (
+            layout if all(params.get(n) is not None and params[n].ndim == 3 for n in (layout.up, "down_proj")) else None
+        )
+    if not all(hasattr(module, name) for name in DECORATOR_ATTRIBUTES):
+        return None
+    up = "gate_up_proj" if module.has_gate else "up_proj"
+    params = module._parameters
+    if any(params.get(name) is None or params[name].ndim != 3 for name in (up, "down_proj")):
+        return None
+    chunks = 2 if module.has_gate and module.is_concatenated else 1
+    layout = ExpertsLayout(up, chunks, bool(module.is_transposed), bool(module.has_bias))
+    if layout.bias and params.get(layout.up_bias) is None:
+        return None
+    return layout
+
+
+def experts_shape(module: nn.Module, layout: ExpertsLayout) -> tuple[int, int, int]:
+    """(number of experts, hidden size h, width p of each expert)."""
+    experts, hidden, width = _canonical(module.down_proj, layout.transposed).shape
+    return experts, hidden, width
+
+
+def _canonical(tensor: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """Up [E, out, in] / down [E, h, p] from the stored layout, or back (a transposed view)."""
+    return tensor.transpose(1, 2) if transposed else tensor
+
+
+def grown_tensors(
+    module: nn.Module,
+    layout: ExpertsLayout,
+    settings: GrowSettings,
+    new_up: torch.Tensor,
+    new_up_bias: torch.Tensor | None = None,
+    delta_up: torch.Tensor | None = None,
+    delta_up_bias: torch.Tensor | None = None,
+    new_down: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The experts module's tensors widened k times, in its own layout, from the original ones and the new parts
+    (all canonical: new up rows [E, c(k-1)p, h], new down columns [E, h, (k-1)p], noise [E, h, kp])."""
+    up = _canonical(getattr(module, layout.up), layout.transposed)
+    if delta_up is not None:  # G-Train: the original rows train through a zero-initialised delta
+        up = up + delta_up.to(up.dtype)
+    tensors = {layout.up: _canonical(interleave(up, new_up.to(up.dtype), settings.chunks, dim=1), layout.transposed)}
+    if layout.bias:
+        bias = getattr(module, layout.up_bias)
+        if delta_up_bias is not None:
+            bias = bias + delta_up_bias.to(bias.dtype)
+        tensors[layout.up_bias] = interleave(bias, new_up_bias.to(bias.dtype), settings.chunks, dim=1)
+    down = _canonical(module.down_proj, layout.transposed)
+    if settings.mean_down:  # G-Train from copies: k frozen blocks W/k
+        wide = (down / settings.k).repeat(1, 1, settings.k)
+    else:
+        first = down / settings.k if settings.init == "copy" else down
+        wide = torch.cat([first, new_down.to(down.dtype)], dim=2)
+    if noise is not None:
+        wide = wide + noise.to(wide.dtype)
+    tensors["down_proj"] = _canonical(wide, layout.transposed)
+    return tensors
+
+
+def initial_parts(module: nn.Module, layout: ExpertsLayout, config, generator=None) -> dict[str, torch.Tensor]:
+    """The new tensors of one adapter at their function-preserving start, keyed by grown_tensors' arguments."""
+    up = _canonical(getattr(module, layout.up), layout.transposed).detach()
+    down = _canonical(module.down_proj, layout.transposed).detach()
+    experts, rows, hidden = up.shape
+    c, k, copies = layout.chunks, config.k, config.k - 1
+    p = rows // c
+    parts = {}
+    if config.init == "copy":
+        copied = up.reshape(experts, c, 1, p, hidden).expand(-1, -1, copies, -1, -1)
+        parts["new_up"] = copied.reshape(experts, -1, hidden)
+    else:  # fresh units at the scale of the pretrained rows
+        fresh = torch.randn(experts, c * copies * p, hidden, generator=generator, dtype=torch.float32)
+        parts["new_up"] = (fresh * up.float().std()).to(device=up.device, dtype=up.dtype)
+    if layout.bias:
+        bias = getattr(module, layout.up_bias).detach()
+        if config.init == "copy":
+            parts["new_up_bias"] = bias.reshape(experts, c, 1, p).expand(-1, -1, copies, -1).reshape(experts, -1)
+        else:
+            parts["new_up_bias"] = bias.new_zeros(experts, c * copies * p)
+    if config.mode == "train":
+        parts["delta_up"] = torch.zeros_like(up)
+        if layout.bias:
+            parts["delta_up_bias"] = torch.zeros_like(getattr(module, layout.up_bias))
+    block = down / k
+    if config.init == "zero":  # new columns start at zero and train in either mode
+        parts["new_down"] = torch.zeros_like(down).repeat(1, 1, copies)
+    elif config.mode == "freeze":
+        parts["new_down"] = block.repeat(1, 1, copies)
+        if config.symmetry_noise > 0 and k >= 3:  # the k-1 trained copies start equal
+            parts["new_down"] = parts["new_down"] + _noise(block, copies, config.symmetry_noise)
+    elif config.symmetry_noise > 0:  # G-Train: all k frozen blocks are equal
+        parts["noise"] = _noise(block, k, config.symmetry_noise)
+    return parts
+
+
+def _noise(block: torch.Tensor, blocks: int, scale: float) -> torch.Tensor:
+    """Per expert, `blocks` random column blocks that sum to zero (see peft_grow.layer.zero_sum_noise)."""
+    return torch.stack([zero_sum_noise(expert, blocks, scale) for expert in block])
+
+
+# grown_tensors' argument -> the store of GrowExpertsLayer that holds it
+STORES = {
+    "new_up": "grow_new_weight",
+    "new_up_bias": "grow_new_bias",
+    "delta_up": "grow_delta_weight",
+    "delta_up_bias": "grow_delta_bias",
+    "new_down": "grow_new_down_weight",
+    "noise": "grow_noise",
+}
+
+
+class GrowExpertsLayer(nn.Module, GrowLayer):
+    """A fused experts module whose every expert is widened k times (G-Freeze or G-Train per expert)."""
+
+    adapter_layer_names = (*GrowLayer.adapter_layer_names, "grow_new_down_weight")
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config, **kwargs) -> None:
+        nn.Module.__init__(self)
+        layout = experts_layout(base_layer)
+        if layout is None:
+            raise TypeError(f"{type(base_layer).__name__} is not an experts module with fused 3-D weights.")
+        self._init_adapter_state(base_layer)
+        self.grow_new_down_weight = nn.ParameterDict()
+        self.layout = layout
+        self.conv1d, self.quantized = False, False
+        self.update_layer(adapter_name, config)
+
+    @property
+    def in_features(self) -> int:
+        return experts_shape(self.get_base_layer(), self.layout)[1]
+
+    out_features = in_features
+
+    def update_layer(self, adapter_name: str, config, **kwargs) -> None:
+        base = self.get_base_layer()
+        with torch.no_grad():
+            for argument, tensor in initial_parts(base, self.layout, config).items():
+                if STORES[argument] == "grow_noise":
+                    self.grow_noise[adapter_name] = tensor.contiguous()
+                else:
+                    getattr(self, STORES[argument])[adapter_name] = nn.Parameter(tensor.contiguous().clone())
+        self.grow_settings[adapter_name] = GrowSettings(config.k, config.mode, config.init, self.layout.chunks)
+        if not config.init_weights:
+            down = _canonical(base.down_proj, self.layout.transposed)
+            self._perturb(adapter_name, 0.1 * down.detach().float().std() / config.k)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters)
+
+    def _grown_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        stores = {argument: getattr(self, store) for argument, store in STORES.items()}
+        # BufferDict has no .get()
+        parts = {argument: store[name] if name in store else None for argument, store in stores.items()}  # noqa: SIM401
+        return grown_tensors(self.get_base_layer(), self.layout, self.grow_settings[name], **parts)
+
+    def forward(self, *args, **kwargs):
+        name = self._active_grown()
+        if name is None:
+            return self.base_layer(*args, **kwargs)
+        return functional_call(self.base_layer, self._grown_tensors(name), args, kwargs)
+
+    # -- merging: the experts module takes the wide tensors; the original ones are kept for an exact unmerge --
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        name = self._adapter_to_merge(adapter_names)
+        if name is None:
+            return
+        with torch.no_grad():
+            tensors = self._grown_tensors(name)
+        if safe_merge:
+            self._check_tensors_finite(name, tensors)
+        base = self.get_base_layer()
+        self._original_base = {key: base._parameters[key] for key in tensors}
+        for key, tensor in tensors.items():
+            original = base._parameters[key]
+            base._parameters[key] = nn.Parameter(tensor.detach().clone(), requires_grad=original.requires_grad)
+        self.merged_adapters.append(name)
+
+    def check_merge(self, adapter_names: list[str] | None = None) -> None:
+        name = self._adapter_to_merge(adapter_names)
+        if name is not None:
+            with torch.no_grad():
+                self._check_tensors_finite(name, self._grown_tensors(name))
+
+    def _check_tensors_finite(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
+        broken = [key for key, tensor in tensors.items() if not torch.isfinite(tensor).all()]
+        if broken:
+            raise ValueError(
+                f"NaNs detected in the merged weights. The adapter {name} seems to be broken: merging it would write "
+                f"NaN or inf into {type(self.get_base_layer()).__name__}.{broken[0]}. Nothing was merged."
+            )
+
+    def unmerge(self) -> None:
+        if not self.merged:
+            return
+        self.get_base_layer()._parameters.update(self._original_base)
+        self._original_base = None
+        self.merged_adapters.clear()
+
+
+def pad_experts(module: nn.Module, extra: int) -> None:
+    """Widen every expert by `extra` units that contribute exactly zero (zero up rows, zero down columns), in place."""
+    layout = experts_layout(module)
+    up = _canonical(module._parameters[layout.up].detach(), layout.transposed)
+    experts, rows, hidden = up.shape
+    zeros = up.new_zeros(experts, layout.chunks * extra, hidden)
+    tensors = {layout.up: _canonical(interleave(up, zeros, layout.chunks, dim=1), layout.transposed)}
+    if layout.bias:
+        bias = module._parameters[layout.up_bias].detach()
+        zero_bias = bias.new_zeros(experts, layout.chunks * extra)
+        tensors[layout.up_bias] = interleave(bias, zero_bias, layout.chunks, dim=1)
+    down = _canonical(module._parameters["down_proj"].detach(), layout.transposed)
+    wide_down = torch.cat([down, down.new_zeros(*down.shape[:2], extra)], dim=2)
+    tensors["down_proj"] = _canonical(wide_down, layout.transposed)
+    for key, tensor in tensors.items():
+        original = module._parameters[key]
+        module._parameters[key] = nn.Parameter(tensor.contiguous(), requires_grad=original.requires_grad)
+
+
+def preserves_function(module: nn.Module, layout: ExpertsLayout, config) -> tuple[float, float] | str:
+    """Run the experts module on random tokens routed to every expert, as it is and grown at its start:
+    (largest |difference|, largest |output|), or why it could not run grown."""
+    experts, hidden, _ = experts_shape(module, layout)
+    weight = module.down_proj
+    generator = torch.Generator().manual_seed(0)
+    tokens = 2 * experts
+    x = torch.randn(tokens, hidden, generator=generator).to(device=weight.device, dtype=weight.dtype)
+    top_k = min(2, experts)
+    index = torch.stack([torch.arange(tokens) % experts, (torch.arange(tokens) + 1) % experts], dim=1)[:, :top_k]
+    routing = torch.full((tokens, top_k), 1.0 / top_k).to(device=weight.device, dtype=weight.dtype)
+    index = index.to(weight.device)
+    settings = GrowSettings(config.k, config.mode, config.init, layout.chunks)
+    # routed experts take (tokens, expert indices, routing weights); Llama 4's take tokens sorted by expert
+    inputs = (x, index, routing) if len(inspect.signature(module.forward).parameters) > 1 else (x,)
+    with torch.no_grad():
+        expected = module(*inputs)
+        parts = initial_parts(module, layout, config, generator)
+        try:
+            found = functional_call(module, grown_tensors(module, layout, settings, **parts), inputs)
+        except Exception as error:  # noqa: BLE001  (the grown width reaches work sized for the old one)
+            return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return (found.float() - expected.float()).abs().max().item(), expected.float().abs().max().item()
