@@ -66,14 +66,15 @@ class UpdateRankRecorder:
 
 
 def _up_weights(model: torch.nn.Module) -> dict[tuple[str, int], torch.Tensor]:
-    """The up projection of every MLP (the paper's W^(1); the last up-side module, up_proj of a gated MLP), as
-    detached float32 copies."""
+    """The up projection of every dense MLP (the paper's W^(1); the last up-side module, up_proj of a gated MLP),
+    as detached float32 copies; fused experts are left out (one matrix per expert, not one per layer)."""
     from .architectures import plan_growth
     from .config import GrowConfig
 
     return {
         (mlp.stack, mlp.index): model.get_submodule(mlp.up[-1]).weight.detach().float().clone()
         for mlp in plan_growth(model, GrowConfig())
+        if not mlp.experts
     }
 
 

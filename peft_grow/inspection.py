@@ -12,7 +12,7 @@ import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .architectures import ARCHITECTURES, split_module_name
+from .architectures import ARCHITECTURES, STRUCTURES, split_module_name
 from .checkpoint import ADAPTER_WEIGHTS, GrowCheckpointError, check_adapter_weights
 from .config import INITS, MODES
 
@@ -30,7 +30,7 @@ def format_indices(indices: list[int] | tuple[int, ...]) -> str:
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
-GROW_KINDS = ("new_weight", "new_bias", "delta_weight", "delta_bias", "noise")
+GROW_KINDS = ("new_weight", "new_bias", "delta_weight", "delta_bias", "noise", "new_down_weight")
 _STATE_PREFIX = "base_model.model."
 
 
@@ -116,7 +116,7 @@ def _role_patterns(config: dict) -> list[tuple[str, str, int]]:
         chunks = config.get("fused_up_chunks") or 1
         return [(p, "up", chunks) for p in config["up_modules"]] + [(p, "down", 1) for p in config["down_modules"]]
     patterns = []
-    for layout in ARCHITECTURES.values():
+    for layout in (*ARCHITECTURES.values(), *STRUCTURES):  # table lines, then the shapes detected by name
         patterns += [(p, "up", layout.fused_up_chunks) for p in layout.up] + [(p, "down", 1) for p in layout.down]
     return patterns
 
@@ -142,7 +142,16 @@ def _tensor_module(name: str, targets: list[str]) -> tuple[str | None, str]:
 
 
 def _expected_kinds(role: str, mode: str, init: str, noise: bool) -> tuple[set[str], set[str]]:
-    """(required, allowed) grow tensor kinds of one module, from what GrowUpLayer / GrowDownLayer save."""
+    """(required, allowed) grow tensor kinds of one module, from what GrowUpLayer / GrowDownLayer /
+    GrowExpertsLayer (both sides in one module: the down side's tensors are new_down_weight and noise) save."""
+    if role == "experts":
+        up_required, up_allowed = _expected_kinds("up", mode, init, noise)
+        down_required, down_allowed = _expected_kinds("down", mode, init, noise)
+        rename = {"new_weight": "new_down_weight"}
+        return (
+            up_required | {rename.get(kind, kind) for kind in down_required},
+            up_allowed | {rename.get(kind, kind) for kind in down_allowed},
+        )
     if role == "up":
         required = {"new_weight"} | ({"delta_weight"} if mode == "train" else set())
         allowed = required | {"new_bias"} | ({"delta_bias"} if mode == "train" else set())
@@ -188,7 +197,11 @@ def check_adapter(report: AdapterReport) -> None:
     patterns = _role_patterns(config)
     chunks_of: dict[str, int] = {}
     groups: dict[tuple[str, int], list[str]] = defaultdict(list)
+    experts = {_tensor_module(info.name, targets)[0] for info in report.tensors if len(info.shape) == 3} - {None}
     for target in targets:
+        if target in experts:  # a fused experts module: 3-D tensors, up and down side in one module
+            report.roles[target] = "experts"
+            continue
         found = _role(target, patterns)
         if found is None:
             report.roles[target] = "?"
@@ -252,13 +265,69 @@ def check_adapter(report: AdapterReport) -> None:
         if complete and valid_k:
             issues = _shape_issues(ups, downs[0], per_module, chunks_of, k)
             problems.extend(f"{where}: {issue}" for issue in issues)
+    for module in sorted(experts):
+        required, allowed = _expected_kinds("experts", mode, init, noise)
+        present = set(per_module[module])
+        problems.extend(
+            f"{module} lacks grow_{kind}, which mode={mode!r}, init={init!r} requires."
+            for kind in sorted(required - present)
+        )
+        problems.extend(
+            f"{module} has grow_{kind}, which mode={mode!r}, init={init!r} does not produce."
+            for kind in sorted(present - allowed)
+        )
+        if valid_k and required <= present:
+            problems.extend(f"{module}: {issue}" for issue in _experts_shape_issues(per_module[module], k))
 
+    for module in experts:
+        split = split_module_name(module)
+        if split is not None:
+            groups[(split[0], split[1])].append(module)
     _check_layers(config, groups, problems)
     if mode == "freeze" and valid_k and k > 2:
         report.notes.append(
             "G-Freeze files hold only the new blocks, so k is checked by divisibility by k-1 (their width is "
             "(k-1)*p with p unknown without the base model)."
         )
+
+
+def _experts_shape_issues(tensors: dict[str, TensorInfo], k: int) -> list[str]:
+    """Shape problems of a fused experts module's tensors (stored [experts, out, in]: new up rows
+    [E, c(k-1)p, h], G-Train delta [E, cp, h], new down columns [E, h, (k-1)p], noise [E, h, kp], up biases
+    [E, rows]), with c = 1 or 2 (a gate and an up half)."""
+    shapes = {kind: info.shape for kind, info in tensors.items()}
+    issues = [
+        f"grow_{kind} has shape {list(shape)}, expected 3 dimensions."
+        for kind, shape in shapes.items()
+        if len(shape) != (2 if kind.endswith("bias") else 3)
+    ]
+    if issues:
+        return issues
+    counts = {shape[0] for shape in shapes.values()}
+    if len(counts) > 1:
+        issues.append(f"the tensors disagree on the number of experts: {sorted(counts)}.")
+    new_rows, hidden = shapes["new_weight"][1:]
+    if new_rows % (k - 1):
+        issues.append(f"grow_new_weight has {new_rows} new rows per expert, not a multiple of k-1={k - 1}.")
+    if "delta_weight" in shapes and shapes["delta_weight"][1] * (k - 1) != new_rows:
+        issues.append(f"grow_delta_weight has {shapes['delta_weight'][1]} rows for {new_rows} new rows (k={k}).")
+    for kind in ("new_bias", "delta_bias"):
+        rows_of = shapes["new_weight" if kind == "new_bias" else "delta_weight"][1] if kind in shapes else None
+        if rows_of is not None and shapes[kind][1] != rows_of:
+            issues.append(f"grow_{kind} has {shapes[kind][1]} entries per expert for {rows_of} rows.")
+    for kind, blocks in (("new_down_weight", k - 1), ("noise", k)):
+        if kind not in shapes:
+            continue
+        down_hidden, columns = shapes[kind][1:]
+        if down_hidden != hidden:
+            issues.append(f"grow_{kind} maps to {down_hidden} hidden features, the up side reads {hidden}.")
+        if (
+            columns % blocks
+            or (new_rows * blocks) % ((k - 1) * columns)
+            or new_rows * blocks // ((k - 1) * columns) not in (1, 2)
+        ):
+            issues.append(f"grow_{kind} has {columns} columns, which do not pair with {new_rows} new up rows (k={k}).")
+    return issues
 
 
 _HIDDEN_MISMATCH = "the tensors disagree on the hidden size"

@@ -13,6 +13,7 @@ Both return `LayerScores`; `top_layers(scores, n)` gives the indices `GrowConfig
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -36,11 +37,15 @@ class LayerScores:
 
 
 def _mlp_weights(model: nn.Module, config: GrowConfig | None = None) -> dict[tuple[str, int], list[nn.Parameter]]:
-    """The up-side and down weights of every MLP, per layer (the same MLPs growth would widen)."""
-    return {
-        (mlp.stack, mlp.index): [model.get_submodule(name).weight for name in (*mlp.up, mlp.down)]
-        for mlp in plan_growth(model, config or GrowConfig())
-    }
+    """The up-side and down weights of every MLP, per layer (the same MLPs growth would widen); a layer's routed
+    experts (their 3-D tensors) and its shared or dense MLP count together."""
+    weights = defaultdict(list)
+    for mlp in plan_growth(model, config or GrowConfig()):
+        if mlp.experts:
+            weights[(mlp.stack, mlp.index)] += list(model.get_submodule(mlp.down).parameters())
+        else:
+            weights[(mlp.stack, mlp.index)] += [model.get_submodule(name).weight for name in (*mlp.up, mlp.down)]
+    return dict(weights)
 
 
 def update_magnitudes(before: dict[tuple[str, int], list[torch.Tensor]], model: nn.Module) -> LayerScores:
