@@ -2,7 +2,9 @@
 
 Every model type `AutoModelForCausalLM` knows is built tiny from its default config (size attributes shrunk; a type
 whose config cannot be shrunk this way is reported as not buildable), then grown with `GrowConfig()` (k=2,
-G-Freeze) and `GrowConfig(k=3, mode="train")`. Each outcome is one of:
+G-Freeze) and `GrowConfig(k=3, mode="train")`, and once more with the same MLPs named explicitly
+(`up_modules` / `down_modules`, the path for types peft-grow does not know). A type's verdict is that of the two
+`GrowConfig` settings; a wrong result on any path is reported. Each outcome is one of:
 
   exact     the grown model's logits equal the base's (float32, within 1e-5 of the largest logit)
   refused   get_peft_model raised with its reason (a mixture-of-experts table line, a failed self-check, ...)
@@ -33,7 +35,8 @@ from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from peft_grow import GrowConfig  # noqa: E402
+from peft_grow import GrowConfig, UnsupportedArchitectureError  # noqa: E402
+from peft_grow.architectures import resolve_layout  # noqa: E402
 
 # size attributes set where a default config has them; small but with room for heads, groups and experts
 TINY = {
@@ -42,6 +45,7 @@ TINY = {
     "ffn_hidden_size": 96,
     "ffn_dim": 96,
     "d_ff": 96,
+    "dff": 96,
     "n_inner": 96,
     "inner_hidden_size": 96,
     "moe_intermediate_size": 48,
@@ -121,6 +125,9 @@ def tiny_config(model_type: str):
             token = getattr(target, key, None)
             if isinstance(token, int) and token >= TINY["vocab_size"]:
                 setattr(target, key, 0)
+        for key in ("first_k_dense_replace", "first_k_dense", "num_dense_layers", "n_group", "topk_group"):
+            if isinstance(getattr(target, key, None), int) and getattr(target, key) > 1:  # one MoE layer, 1 group
+                setattr(target, key, 1)
         if getattr(target, "num_kv_shared_layers", None):
             target.num_kv_shared_layers = 0
         layers = getattr(target, "num_hidden_layers", None)
@@ -159,7 +166,11 @@ def census(model_type: str) -> list[Outcome]:
     except Exception as error:  # noqa: BLE001  (any failure to build or run the tiny base)
         return [Outcome(model_type, "-", "unbuilt", _line(error))]
     outcomes = []
-    for setting, config in (("k=2 freeze", GrowConfig()), ("k=3 train", GrowConfig(k=3, mode="train"))):
+    settings = [("k=2 freeze", GrowConfig()), ("k=3 train", GrowConfig(k=3, mode="train"))]
+    explicit = explicit_config(base)
+    if explicit is not None:
+        settings.append(("explicit", explicit))
+    for setting, config in settings:
         try:
             grown = get_peft_model(copy.deepcopy(base), config)
         except Exception as error:  # noqa: BLE001
@@ -173,6 +184,19 @@ def census(model_type: str) -> list[Outcome]:
         exact = difference <= 1e-5 * max(1.0, expected.abs().max().item())
         outcomes.append(Outcome(model_type, setting, "exact" if exact else "WRONG", f"max |diff| {difference:.2e}"))
     return outcomes
+
+
+def explicit_config(model) -> GrowConfig | None:
+    """The path a user takes for a type peft-grow does not know: the same MLP named with up_modules /
+    down_modules (the layout the table or the detection finds), or None where there is none to name."""
+    try:
+        layout = resolve_layout(model, GrowConfig())
+    except UnsupportedArchitectureError:
+        return None
+    if not layout.up:  # experts only: nothing dense to name
+        return None
+    chunks = layout.fused_up_chunks if layout.fused_up_chunks > 1 else None
+    return GrowConfig(up_modules=list(layout.up), down_modules=list(layout.down), fused_up_chunks=chunks)
 
 
 def _line(error: BaseException) -> str:
@@ -195,9 +219,10 @@ def main(argv: list[str] | None = None) -> list[Outcome]:
                 print(
                     f"{outcome.model_type:<28} {outcome.setting:<11} {outcome.result:<8} {outcome.detail}", flush=True
                 )
-    per_type = {}
+    per_type = {}  # the verdict is GrowConfig()'s: both default settings; a wrong explicit result counts too
     for outcome in outcomes:
-        per_type.setdefault(outcome.model_type, set()).add(outcome.result)
+        if outcome.setting != "explicit" or outcome.result == "WRONG":
+            per_type.setdefault(outcome.model_type, set()).add(outcome.result)
     verdict = Counter(
         "WRONG"
         if "WRONG" in r
@@ -211,17 +236,16 @@ def main(argv: list[str] | None = None) -> list[Outcome]:
         for r in per_type.values()
     )
     if args.markdown:
-        print("| model type | k=2 freeze | k=3 train |\n|---|---|---|")
+        print("| model type | k=2 freeze | k=3 train | up_modules / down_modules |\n|---|---|---|---|")
         for model_type in per_type:
             row = {o.setting: o for o in outcomes if o.model_type == model_type}
-            cells = (
-                [_cell(row.get(s)) for s in ("k=2 freeze", "k=3 train")] if "-" not in row else [_cell(row["-"])] * 2
-            )
-            print(f"| {model_type} | {cells[0]} | {cells[1]} |")
+            columns = ("k=2 freeze", "k=3 train", "explicit")
+            cells = [_cell(row.get(s)) for s in columns] if "-" not in row else [_cell(row["-"])] * 2 + [""]
+            print(f"| {model_type} | {' | '.join(cells)} |")
     print(
         f"\n{len(per_type)} model types: "
         + ", ".join(f"{n} {k}" for k, n in sorted(verdict.items(), key=lambda kv: -kv[1]))
-        + " (a type is exact or refused when both settings are)",
+        + " (the verdict of GrowConfig()'s two settings; exact or refused when both are)",
         file=sys.stderr if args.markdown else sys.stdout,
     )
     return outcomes

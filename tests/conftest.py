@@ -74,6 +74,15 @@ TINY_CONFIGS: dict[str, tuple[dict, type]] = {
     "phi": (_DECODER, AutoModelForCausalLM),
     "gptj": (dict(_GPT, rotary_dim=4, **_NO_SPECIAL_TOKENS), AutoModelForCausalLM),
     "codegen": (dict(_GPT, rotary_dim=4, n_ctx=64, **_NO_SPECIAL_TOKENS), AutoModelForCausalLM),
+    "ctrl": (
+        dict(n_embd=H, dff=P, n_layer=LAYERS, n_head=HEADS, vocab_size=VOCAB, n_positions=64),
+        AutoModelForCausalLM,
+    ),
+    "xlm": (
+        dict(emb_dim=H, n_layers=LAYERS, n_heads=HEADS, vocab_size=VOCAB, max_position_embeddings=64),
+        AutoModelForCausalLM,
+    ),
+    "modernbert-decoder": (dict(_DECODER, pad_token_id=0, bos_token_id=1, eos_token_id=2), AutoModelForCausalLM),
     "bert": (dict(_DECODER, num_labels=3), AutoModelForSequenceClassification),
     "roberta": (
         dict(_DECODER, num_labels=3, pad_token_id=1, max_position_embeddings=70),
