@@ -1,11 +1,13 @@
 """What growth's self-check (GrowConfig.check_function, peft_grow/checking.py) costs at injection.
 
 Builds a randomly initialised model of Gemma3-1B's published shape (hidden 1152, MLP 6912, 26 layers, vocabulary
-262,144) in bfloat16 (or --dtype float32) on the CPU and times get_peft_model(GrowConfig(k=2)) with the check on
-and off, side by side (--repeats rounds, each on a fresh copy of the base), and prints the ratio.
+262,144), or with --shape olmoe of OLMoE-1B-7B's (hidden 2048, 64 experts of width 1024 in each of 16 layers,
+vocabulary 50,304), in bfloat16 (or --dtype float32) on the CPU and times get_peft_model(GrowConfig(k=2)) with
+the check on and off, side by side (--repeats rounds, each on a fresh copy of the base), and prints the ratio.
 
-    python benchmarks/check_cost.py                 # a few minutes on 2 CPU cores, 6 GB of memory
-    python benchmarks/check_cost.py --layers 4      # a smaller stack
+    python benchmarks/check_cost.py                         # a few minutes on 2 CPU cores, 6 GB of memory
+    python benchmarks/check_cost.py --layers 4              # a smaller stack
+    python benchmarks/check_cost.py --shape olmoe --layers 2  # experts: 0.8 GB of bfloat16 weights per layer
 """
 
 import argparse
@@ -22,16 +24,30 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from peft_grow import GrowConfig
 
 GEMMA3_1B = SETTINGS["gemma3-1b"][1]  # the speed benchmark's Gemma3-1B shape
+OLMOE_1B_7B = dict(
+    hidden_size=2048,
+    intermediate_size=1024,
+    num_experts=64,
+    num_experts_per_tok=8,
+    num_hidden_layers=16,
+    num_attention_heads=16,
+    num_key_value_heads=16,
+    vocab_size=50304,
+)
+SHAPES = {"gemma3-1b": ("gemma3_text", GEMMA3_1B, "Gemma3-1B"), "olmoe": ("olmoe", OLMOE_1B_7B, "OLMoE-1B-7B")}
 
 
 def main() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", type=int, default=26, help="decoder layers (default 26, as Gemma3-1B)")
+    parser.add_argument("--shape", default="gemma3-1b", choices=sorted(SHAPES), help="(default gemma3-1b)")
+    parser.add_argument("--layers", type=int, help="decoder layers (default: the model's, 26 or 16)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of both timings (default 3)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="(default bfloat16)")
     args = parser.parse_args()
-    config = AutoConfig.for_model("gemma3_text", **(GEMMA3_1B | {"num_hidden_layers": args.layers}))
+    model_type, shape, label = SHAPES[args.shape]
+    layers = args.layers or shape["num_hidden_layers"]
+    config = AutoConfig.for_model(model_type, **(shape | {"num_hidden_layers": layers}))
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, args.dtype)).eval()
     params = sum(p.numel() for p in base.parameters())
@@ -45,7 +61,7 @@ def main() -> None:
             del model
     on, off = statistics.median(times[True]), statistics.median(times[False])
     print(
-        f"Gemma3-1B shape, {args.layers} layers, {params / 1e9:.2f}B parameters, {args.dtype}, CPU "
+        f"{label} shape, {layers} layers, {params / 1e9:.2f}B parameters, {args.dtype}, CPU "
         f"({torch.get_num_threads()} threads); medians of {args.repeats} rounds:"
     )
     print(
