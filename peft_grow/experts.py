@@ -130,7 +130,8 @@ def initial_parts(module: nn.Module, layout: ExpertsLayout, config, generator=No
         copied = up.reshape(experts, c, 1, p, hidden).expand(-1, -1, copies, -1, -1)
         parts["new_up"] = copied.reshape(experts, -1, hidden)
     else:  # fresh units at the scale of the pretrained rows
-        fresh = torch.randn(experts, c * copies * p, hidden, generator=generator, dtype=torch.float32)
+        device = "cpu" if generator is not None else up.device  # a seeded generator draws on the CPU
+        fresh = torch.randn(experts, c * copies * p, hidden, generator=generator, dtype=torch.float32, device=device)
         parts["new_up"] = (fresh * up.float().std()).to(device=up.device, dtype=up.dtype)
     if layout.bias:
         bias = getattr(module, layout.up_bias).detach()
