@@ -378,6 +378,8 @@ def _refuse_fused_experts(model: nn.Module, layer_prefixes: set[str], known: set
     grown by peft_grow.experts) cannot be widened; other 3-D parameters (a Mamba block's conv1d) are not part of
     any MLP."""
     for name, param in model.named_parameters():
+        if ".grow_" in name:  # a grown adapter's own tensors (a second adapter is being added)
+            continue
         split = split_module_name(name)
         inside = split is not None and f"{split[0]}.{split[1]}" in layer_prefixes
         owner = name.rpartition(".")[0].removesuffix(".base_layer")

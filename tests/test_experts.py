@@ -252,3 +252,19 @@ def test_inspect_accepts_an_experts_adapter_and_names_what_is_missing(config, tm
     save_file({key: value for key, value in tensors.items() if key != dropped}, path)
     problems = inspect_adapter(str(tmp_path)).problems
     assert any("layers.1.mlp.experts lacks grow_new_weight" in problem for problem in problems)
+
+
+def test_two_adapters_on_the_experts_switch_and_delete():
+    base = tiny_moe("olmoe")
+    tokens = ids()
+    expected = logits(base, tokens)
+    model = trained("olmoe", GrowConfig())
+    first = logits(model, tokens)
+    model.add_adapter("second", GrowConfig(k=3, mode="train"))
+    model.set_adapter("second")
+    assert close(logits(model, tokens), expected)  # the second adapter starts at the base function
+    model.set_adapter("default")
+    assert torch.equal(logits(model, tokens), first)
+    model.delete_adapter("second")
+    assert not any("second" in name for name, _ in model.named_parameters())
+    assert torch.equal(logits(model, tokens), first)
