@@ -49,3 +49,17 @@ def test_layers_argument():
 
 def test_merge_and_push_smoke_reloads_the_merged_model_with_plain_transformers():
     assert load("merge_and_push").main(["--smoke"]) < 1e-5
+
+
+def test_llama_cpp_example_names_a_missing_prerequisite_before_any_work(tmp_path):
+    """The llama.cpp round trip (examples/llama_cpp_gguf.py) needs a source build that CI does not have: without
+    the sdist it stops at once with the line to run, not after training."""
+    script = EXAMPLES / "llama_cpp_gguf.py"
+    result = subprocess.run(
+        [sys.executable, script, "--sdist", tmp_path / "missing.tar.gz", "--work", tmp_path / "work"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "no llama-cpp-python sdist" in result.stderr and "pip download" in result.stderr
+    assert not (tmp_path / "work").exists()
