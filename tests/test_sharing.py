@@ -88,3 +88,39 @@ def test_save_adapter_is_atomic_and_refuses_an_existing_folder(adapter, tmp_path
     with pytest.raises(KeyboardInterrupt):
         peft_grow.save_adapter(adapter, tmp_path / "a", overwrite=True)
     assert files(tmp_path / "a") == before and sorted(p.name for p in tmp_path.iterdir()) == ["a", "base"]
+
+
+@pytest.mark.parametrize("card_on_hub", [False, True])
+def test_standard_push_to_hub_keeps_a_card_already_on_the_hub_and_tags_a_generic_one(
+    adapter, tmp_path, fake_hub, monkeypatch, card_on_hub
+):
+    """What docs/sharing.md says of `model.push_to_hub`: transformers writes its card over the saved README.md, so
+    the peft-grow card survives only where the Hub already has it (push_adapter_to_hub first); otherwise the
+    generic card names peft-grow only through `tags`."""
+    from huggingface_hub.utils import EntryNotFoundError
+
+    commits = []
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        commits.append({op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations})
+
+    adapter.save_pretrained(tmp_path / "ours")
+    ours = ModelCard.load(tmp_path / "ours" / "README.md")
+
+    load_file_or_repo = ModelCard.load
+
+    def load(repo_id_or_path, **kwargs):  # the Hub's card; local files (PEFT reads the saved README) as they are
+        if Path(repo_id_or_path).exists():
+            return load_file_or_repo(repo_id_or_path, **kwargs)
+        if card_on_hub:
+            return ours
+        raise EntryNotFoundError("no README.md in the repository")
+
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(ModelCard, "load", staticmethod(load))
+    adapter.push_to_hub("me/grown", tags=["peft-grow", "grow-dont-overwrite"])
+    [uploaded] = commits
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(uploaded)
+    card = uploaded["README.md"].decode()
+    assert ("import peft_grow" in card) == card_on_hub  # the loading lines survive only from the Hub's card
+    assert "peft-grow" in card
