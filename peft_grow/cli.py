@@ -234,8 +234,10 @@ def print_plan(costs: PlanCosts, console: Console) -> None:
         for stack, indices in costs.grown_layers.items()
     )
     shapes = "; ".join(
-        f"hidden {h:,}, width {p:,} -> {costs.k * p:,}" + (f" (fused up side of {c} projections)" if c > 1 else "")
-        for h, p, c in costs.mlp_shapes
+        (f"{e:,} experts, each " if e else "")
+        + f"hidden {h:,}, width {p:,} -> {costs.k * p:,}"
+        + (f" (fused up side of {c} projections)" if c > 1 else "")
+        for h, p, c, e in costs.mlp_shapes
     )
     console.print(
         Text(

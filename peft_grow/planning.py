@@ -91,9 +91,11 @@ class PlanCosts:
     added_params: int  # new grown parameters (growth_summary); in G-Train this includes the delta on the up side
     added_buffer_elements: int  # frozen adapter tensors (symmetry noise in G-Train), counted in weight memory
     trainable_params: int
+    grown_mlps: int  # MLPs grown; an experts module counts as one
     grown_layers: dict[str, tuple[int, ...]]  # layer stack -> grown layer indices
     stack_sizes: dict[str, int]  # layer stack -> number of layers
-    mlp_shapes: tuple[tuple[int, int, int], ...]  # distinct (hidden h, width p, fused up chunks) of grown MLPs
+    # distinct (hidden h, width p, fused up chunks, experts: 0 for a dense MLP) of the grown MLPs
+    mlp_shapes: tuple[tuple[int, int, int, int], ...]
     grow: MethodCost
     lora: MethodCost  # the rank whose trainable count is closest to the grown adapter's
     lora_reference: MethodCost  # rank 16, for reference
@@ -108,10 +110,6 @@ class PlanCosts:
     def trainable_share(self) -> float:
         """Trainable parameters relative to the base model, as the paper counts (`GrowthSummary.trainable_share`)."""
         return self.trainable_params / self.base_params
-
-    @property
-    def grown_mlps(self) -> int:
-        return sum(len(indices) for indices in self.grown_layers.values())
 
     @property
     def methods(self) -> tuple[MethodCost, ...]:
@@ -276,10 +274,10 @@ def plan_costs(
     stack_sizes = {stack: len(model.get_submodule(stack)) for stack in sorted(stacks)}
     plan = plan_growth(model, grow_config)
     grown_layers = {
-        stack: tuple(sorted(mlp.index for mlp in plan if mlp.stack == stack))
+        stack: tuple(sorted({mlp.index for mlp in plan if mlp.stack == stack}))  # a layer may hold experts and an MLP
         for stack in sorted({mlp.stack for mlp in plan})
     }
-    mlp_shapes = tuple(sorted({(mlp.hidden, mlp.width, mlp.chunks) for mlp in plan}))
+    mlp_shapes = tuple(sorted({(mlp.hidden, mlp.width, mlp.chunks, mlp.experts) for mlp in plan}))
 
     peft_model = get_peft_model(model, grow_config, autocast_adapter_dtype=autocast_adapter_dtype)
     summary = peft_model.base_model.growth_summary()
@@ -360,6 +358,7 @@ def plan_costs(
         added_params=summary.added_params,
         added_buffer_elements=buffers,
         trainable_params=summary.trainable_params,
+        grown_mlps=len(plan),
         grown_layers=grown_layers,
         stack_sizes=stack_sizes,
         mlp_shapes=mlp_shapes,

@@ -207,6 +207,7 @@ def test_plan_counts_the_experts_of_a_mixture_of_experts_model(capsys, tmp_path)
     code, out, _ = run(capsys, "plan", tmp_path)
     assert code == 0
     assert "61,440" in out  # 8 experts x 2 layers x (2*40*32 up rows + 32*40 down columns)
+    assert "2 MLPs: 2 of 2 layers" in out and "8 experts, each hidden 32, width 40 -> 80" in out
 
 
 # -- inspect ---------------------------------------------------------------------------------------------------

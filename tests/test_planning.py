@@ -27,7 +27,7 @@ def test_gemma3_1b_all_layers_matches_docs(gemma_config):
     assert round(costs.trainable_share, 3) == 0.621
     assert costs.grown_layers == {"model.layers": tuple(range(26))}
     assert costs.stack_sizes == {"model.layers": 26}
-    assert costs.mlp_shapes == ((1152, 6912, 1),)
+    assert costs.mlp_shapes == ((1152, 6912, 1, 0),)
     assert costs.grow.trainable_share == costs.trainable_share
 
 
