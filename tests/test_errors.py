@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import DEVICE, logits, sample_inputs, tiny_model
 from peft import PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
@@ -129,7 +130,9 @@ def test_non_elementwise_mlp_is_refused():
 def adapter_dir(tmp_path):
     tiny_model("llama").save_pretrained(tmp_path / "base")
     base = AutoModelForCausalLM.from_pretrained(tmp_path / "base").to(DEVICE)
-    get_peft_model(base, GrowConfig(init_weights=False)).save_pretrained(tmp_path / "adapter")
+    saving = get_peft_model(base, GrowConfig(init_weights=False))
+    saving.save_pretrained(tmp_path / "adapter")
+    save_file({"logits": logits(saving, {"input_ids": torch.tensor([[5, 6, 7]], device=DEVICE)}).cpu()}, tmp_path / "x")
     return tmp_path
 
 
@@ -151,7 +154,8 @@ def test_matching_base_loads(adapter_dir):
     model = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(adapter_dir / "base"), adapter_dir / "adapter"
     )
-    assert logits(model, {"input_ids": torch.tensor([[5, 6, 7]])}).isfinite().all()
+    found = logits(model.to(DEVICE), {"input_ids": torch.tensor([[5, 6, 7]], device=DEVICE)}).cpu()
+    assert torch.equal(found, load_file(adapter_dir / "x")["logits"])  # what the saving model computed
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])

@@ -1,5 +1,7 @@
 """GROW is a first-class PEFT method after `import peft_grow`, registered once."""
 
+import importlib.metadata
+
 import peft
 import pytest
 from peft import PeftConfig, PeftType
@@ -45,5 +47,5 @@ def test_too_old_peft_is_refused(monkeypatch):
 
 
 def test_public_api():
-    assert peft_grow.__version__
+    assert peft_grow.__version__ == importlib.metadata.version("peft-grow")  # one version, from the package metadata
     assert {"GrowConfig", "GrowModel", "GrowCheckpointError", "UnsupportedArchitectureError"} <= set(peft_grow.__all__)

@@ -156,8 +156,12 @@ def test_completion_only_loss_trains_on_prompt_completion_data(tmp_path):
     prompt_length = len(tokenizer()("Once upon a time, there was a")["input_ids"])
     assert (batch["labels"][:, :prompt_length] == -100).all()  # the prompt is masked out of the loss
     assert (batch["labels"][:, prompt_length:] != -100).any()
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     result = trainer.train()
     assert torch.isfinite(torch.tensor(result.training_loss))
+    after = dict(trainer.model.named_parameters())
+    assert before and all(".grow_" in n for n in before)
+    assert any(not torch.equal(after[n], p) for n, p in before.items())  # the completion's loss moved grown weights
 
 
 def chat_source_tokenizer(folder: Path) -> Path:
