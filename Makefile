@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test conformance lint format clean
+.PHONY: install demo test test-fast conformance lint format clean
 
 install: $(STAMP)
 
@@ -23,7 +23,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest
+
+# the same without the tests marked slow (subprocesses, fresh interpreters, torch.compile, the model-type census);
+# `make test` and CI run everything
+test-fast: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest -m "not slow"
 
 # PEFT's own generic tester (PeftCommonTester) against GROW, offline; not part of `make test` (docs/conformance.md).
 # The first run downloads the installed peft's sdist (its tests) into ~/.cache/peft-grow/peft-src with pip.

@@ -27,6 +27,8 @@ import _peft_grow_autoload as autoload
 from peft_grow import GrowConfig
 from peft_grow import evaluation as ev
 
+pytestmark = pytest.mark.slow  # fresh interpreters and subprocesses: `make test-fast` skips them
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "examples" / "data" / "stories260K"
 DATA = ROOT / "tests" / "data" / "tasks"
@@ -184,7 +186,6 @@ def test_a_failing_peft_grow_import_does_not_break_peft(tmp_path):
     assert "RuntimeError: broken install" in message and "PEFT_GROW_NO_AUTOLOAD=1" in message
 
 
-@pytest.mark.slow
 def test_lm_eval_command_line_loads_a_grown_adapter(adapter, tmp_path):
     """lm-eval's own command line (not `python -m peft_grow.evaluation`), with a packaged task."""
     command = [

@@ -112,6 +112,7 @@ def assert_one_line_error(code, err, expected_code=2):
 # -- the console command, in subprocesses --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_console_plan_gemma3_1b(console):
     code, out, err = console["plan"]
     assert code == 0, err
@@ -121,6 +122,7 @@ def test_console_plan_gemma3_1b(console):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_console_inspect_inconsistent(console):
     code, out, err = console["inconsistent"]
     assert code == 1
@@ -128,6 +130,7 @@ def test_console_inspect_inconsistent(console):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_console_damaged_adapter(console):
     code, out, err = console["damaged"]
     assert_one_line_error(code, err)
@@ -135,6 +138,7 @@ def test_console_damaged_adapter(console):
     assert out == ""
 
 
+@pytest.mark.slow
 def test_console_bad_argument(console):
     code, _, err = console["bad_k"]
     assert_one_line_error(code, err)

@@ -73,6 +73,7 @@ def test_merge_refuses_missing_adapter_files(saved, capsys, tmp_path):
     assert_one_line_error(code, err)
 
 
+@pytest.mark.slow
 def test_console_script_is_installed_and_merges(saved):
     """The `peft-grow` executable itself, as users call it."""
     root, inputs, expected = saved

@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # fresh interpreters and subprocesses: `make test-fast` skips them
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

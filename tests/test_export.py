@@ -88,6 +88,7 @@ PLAIN_LOAD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_plain_transformers_loads_pad_and_all_layer_checkpoints(tmp_path):
     """In a fresh process that never imports peft or peft_grow: from_pretrained, no trust_remote_code."""
     expected, inputs = {}, {}
@@ -198,6 +199,7 @@ INTERRUPTED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
 def test_interrupted_process_never_leaves_a_partial_checkpoint(tmp_path, sig):
     tiny_model("llama").save_pretrained(tmp_path / "base")

@@ -53,6 +53,7 @@ def test_in_place_inference_equals_the_autograd_path(name, mode, k, dtype):
             assert torch.equal(fast, slow)
 
 
+@pytest.mark.slow
 def test_whole_model_inference_matches_and_compiles():
     model = get_peft_model(tiny_model("llama", num_hidden_layers=1), GrowConfig(k=3, mode="train", init_weights=False))
     model.eval()

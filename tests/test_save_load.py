@@ -92,6 +92,7 @@ def test_adapter_file_holds_only_trained_tensors(saved, name):
         assert any(".grow_noise" in key for key in found)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("loader", ["peft", "auto"])
 def test_fresh_process_reproduces_logits_exactly(saved, name, loader):

@@ -110,6 +110,7 @@ def test_bfloat16_new_weights_lose_small_updates_that_float32_ones_keep():
     assert changed_share(autocast_adapter_dtype=False) < 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["freeze", "train"])
 def test_grown_forward_and_loss_compile_into_one_graph(mode):
     model = get_peft_model(tiny_model("llama"), GrowConfig(k=3, mode=mode, layers=[0, 2], symmetry_noise=0.1))
@@ -119,6 +120,7 @@ def test_grown_forward_and_loss_compile_into_one_graph(mode):
     assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
 
 
+@pytest.mark.slow
 def test_compiled_grown_model_trains_like_the_eager_one():
     torch.manual_seed(0)
     eager = get_peft_model(tiny_model("llama", num_hidden_layers=1), GrowConfig(mode="train"))
