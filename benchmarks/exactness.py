@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny model zoo of the test suite
-from conftest import ALL_ARCHITECTURES, logits, sample_inputs, tiny_model  # noqa: E402
+from helpers import ALL_ARCHITECTURES, logits, sample_inputs, tiny_model  # noqa: E402
 from peft import get_peft_model  # noqa: E402
 
 from peft_grow import GrowConfig  # noqa: E402

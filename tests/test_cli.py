@@ -12,13 +12,13 @@ import subprocess
 import sys
 
 import pytest
-from conftest import GEMMA3_1B, tiny_model
+from helpers import GEMMA3_1B, assert_one_line_error, run, tiny_model
 from peft import get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
 
 from peft_grow import GrowConfig
-from peft_grow.cli import inspect_adapter, main
+from peft_grow.cli import inspect_adapter
 
 WEIGHTS = "adapter_model.safetensors"
 
@@ -93,20 +93,6 @@ def console(files):
         out, err = proc.communicate(timeout=120)
         results[name] = (proc.returncode, out, err)
     return results
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    """`peft-grow ARGS` through `main`, in this process: (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
-
-
-def assert_one_line_error(code, err, expected_code=2):
-    assert code == expected_code
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err
 
 
 # -- the console command, in subprocesses --------------------------------------------------------------------

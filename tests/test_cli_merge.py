@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import logits, sample_inputs, tiny_model
+from helpers import assert_one_line_error, logits, run, sample_inputs, tiny_model
 from peft import get_peft_model
-from test_cli import assert_one_line_error, run
 from transformers import AutoModelForCausalLM
 
 from peft_grow import GrowConfig, load_merged

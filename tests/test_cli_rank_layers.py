@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_cli import assert_one_line_error, run
+from helpers import assert_one_line_error, run
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
 MODEL = DATA / "stories260K"

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import DEVICE, logits, sample_inputs, tiny_model
+from helpers import DEVICE, logits, sample_inputs, tiny_model
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sacrebleu
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 

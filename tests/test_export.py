@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import DEVICE, logits, sample_inputs, tiny_model
+from helpers import DEVICE, logits, sample_inputs, tiny_model
 from peft import get_peft_model
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 import torch
 import torch._dynamo as dynamo
-from conftest import DEVICE, logits, sample_inputs, tiny_model
+from helpers import DEVICE, logits, sample_inputs, tiny_model
 from peft import get_peft_model
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode

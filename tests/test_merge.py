@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import logits, sample_inputs, tiny_model
+from helpers import logits, sample_inputs, tiny_model
 from peft import get_peft_model
 from torch import nn
 from transformers.pytorch_utils import Conv1D

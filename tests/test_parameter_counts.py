@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import GEMMA3_1B, tiny_model
+from helpers import GEMMA3_1B, tiny_model
 from peft import get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 

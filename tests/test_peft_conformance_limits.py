@@ -2,14 +2,14 @@
 
 Each test names the PEFT tests it answers for; docs/conformance.md has the table. The models are PEFT's `MLP` mock
 (lin0 10 -> 20, ReLU, dropout, lin1 20 -> 2), grown as GrowConfig(up_modules=["lin0"], down_modules=["lin1"]),
-and tiny decoders from conftest.
+and tiny decoders from tests/helpers.py.
 """
 
 import copy
 
 import pytest
 import torch
-from conftest import sample_inputs, tiny_model
+from helpers import sample_inputs, tiny_model
 from peft import PeftModel, get_peft_model
 from torch import nn
 

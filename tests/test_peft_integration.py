@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import DEVICE, logits, sample_inputs, tiny_model
+from helpers import DEVICE, logits, sample_inputs, tiny_model
 from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 

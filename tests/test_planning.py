@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import GEMMA3_1B, TINY_CONFIGS, tiny_model
+from helpers import GEMMA3_1B, TINY_CONFIGS, tiny_model
 from transformers import AutoConfig
 
 from peft_grow import GrowConfig, UnsupportedArchitectureError

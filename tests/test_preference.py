@@ -8,8 +8,8 @@ classifier (`task_type="SEQ_CLS"`) with its score head in `modules_to_save` trai
 from pathlib import Path
 
 import torch
-from conftest import DEVICE
 from datasets import Dataset
+from helpers import DEVICE
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import ALL_ARCHITECTURES, logits, sample_inputs, tiny_model
+from helpers import ALL_ARCHITECTURES, logits, sample_inputs, tiny_model
 from peft import get_peft_model
 
 from peft_grow import ARCHITECTURES, GrowConfig
@@ -13,7 +13,7 @@ MODES_INITS = [(mode, init) for mode in ("freeze", "train") for init in ("copy",
 
 
 def test_every_table_entry_is_tested():
-    from conftest import TINY_CONFIGS
+    from helpers import TINY_CONFIGS
 
     assert set(ARCHITECTURES) == set(TINY_CONFIGS) | {"gemma3"}
 

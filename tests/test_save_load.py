@@ -7,11 +7,10 @@ import textwrap
 
 import pytest
 import torch
-from conftest import DEVICE, logits, sample_inputs, tiny_model
+from helpers import DEVICE, logits, sample_inputs, tiny_model, train
 from peft import PeftModel, get_peft_model
 from safetensors import safe_open
 from safetensors.torch import save_file
-from test_training import train
 from transformers import AutoModelForCausalLM
 
 from peft_grow import GrowConfig, GrowUpLayer

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import sample_inputs, tiny_model
+from helpers import sample_inputs, tiny_model
 
 from peft_grow.analysis import effective_rank
 from peft_grow.selection import (

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from conftest import tiny_model
+from helpers import tiny_model
 from huggingface_hub import HfApi, ModelCard
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 from peft import get_peft_model
 
 from peft_grow import GrowConfig, GrowDownLayer

@@ -4,9 +4,8 @@ import copy
 
 import pytest
 import torch
-from conftest import logits, sample_inputs, tiny_model
+from helpers import logits, sample_inputs, tiny_model, train
 from peft import get_peft_model
-from test_training import train
 
 from peft_grow import GrowConfig
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch._dynamo as dynamo
-from conftest import DEVICE, tiny_model
+from helpers import DEVICE, tiny_model
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import load_file
 from scripts.train_ddp import RandomText

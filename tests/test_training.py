@@ -2,30 +2,10 @@
 
 import pytest
 import torch
-from conftest import sample_inputs, tiny_model
+from helpers import tiny_model, train
 from peft import get_peft_model
 
 from peft_grow import GrowConfig
-
-
-def train(model, steps: int = 5, lr: float = 1e-2, weight_decay: float = 0.1, seed: int = 0) -> list[float]:
-    """A few AdamW steps of next-token (or seq2seq / classification) loss, fitting one fixed random batch."""
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
-    losses = []
-    for _ in range(steps):
-        inputs = sample_inputs(model, batch=4, length=9, seed=seed)
-        if model.config.model_type in ("bert", "roberta"):
-            inputs["labels"] = inputs["input_ids"][:, 0] % 3
-        else:
-            inputs["labels"] = inputs["input_ids"]
-        loss = model(**inputs).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    model.eval()
-    return losses
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:
