@@ -64,7 +64,7 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path, use_reentrant,
         return state(model)
 
     plain = run()
-    checkpointed = run(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    checkpointed = run(activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
     for key in plain:
         torch.testing.assert_close(checkpointed[key], plain[key], atol=1e-6, rtol=1e-5)
 

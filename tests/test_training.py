@@ -47,7 +47,7 @@ def test_g_train_leaves_the_down_projection_untouched(init):
 @pytest.mark.parametrize("use_reentrant", [False, True])
 def test_gradient_checkpointing_trains(use_reentrant):
     model = get_peft_model(tiny_model("llama"), GrowConfig(k=2))
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
     model.enable_input_require_grads()
     before = snapshot(model)
     losses = train(model, steps=8, weight_decay=0.0)
