@@ -19,56 +19,98 @@ INITS = ("copy", "zero")
 class GrowConfig(PeftConfig):
     """Configuration of a grown adapter (*Grow, Don't Overwrite*, arXiv 2603.08647).
 
-    Each chosen MLP layer is widened k times: the up-side projections gain k-1 copies of their rows and
-    the down projection's k column blocks each hold W_down / k, so the grown model starts out computing
-    exactly the original function.
+    Each chosen MLP is widened k times: the up-side projections gain k-1 copies of their rows and the down
+    projection's k column blocks each hold W_down / k, so the grown model starts out computing exactly the
+    original function. The experts of a mixture-of-experts block grow the same way, each expert on its own.
 
     Args:
-        layers: indices of the decoder layers to grow (negative counts from the end), or None for all.
-            In an encoder-decoder model an index selects that layer in every stack; use `exclude_modules`
-            to leave a stack alone.
-        k: growth factor, an integer >= 2 (the MLP width becomes k * p).
-        mode: "freeze" (G-Freeze, the paper's default) trains only the new rows and columns; "train"
-            (G-Train) trains the whole up side and freezes the down projection.
-        init: "copy" (the paper's) copies the pretrained rows; "zero" is the Appendix C.2 baseline:
-            fresh new up rows, zero new down columns, original down block unscaled.
-        symmetry_noise: if > 0, add to the down blocks that start equal a perturbation whose blocks sum
-            to zero, with this standard deviation relative to the blocks' own. It keeps the function at
-            initialisation and lets copies that would otherwise stay identical separate (see docs/method.md).
-        up_modules, down_modules: regular expressions of the up-side and down projections, relative to a
-            decoder layer (e.g. ["mlp.fc_in"], ["mlp.fc_out"]), for architectures that are not
-            auto-detected. Give both or neither.
-        fused_up_chunks: how many projections a fused up-side module stacks (2 for a gate_up_proj that the
-            model splits with chunk(2)); only with `up_modules`.
-        exclude_modules: modules not to grow (PEFT semantics: a list of names or suffixes, or a regex);
-            excluding any module of an MLP leaves that whole MLP alone.
-        modules_to_save, trainable_token_indices: as in PEFT (read by TRL, too).
-        init_weights: True for the function-preserving start; False perturbs the new weights so that the
-            adapter is not an identity (for tests, as other PEFT tuners do).
-        check_function: before growing, run each MLP on a small random input as it is and grown at its
-            function-preserving start, and refuse the adapter if the outputs differ beyond rounding (work between
-            up and down that is not elementwise). False skips it, for users who know their model.
-        target_modules: filled in by the tuner with the exact names of the grown modules; do not set it.
+        layers (`list[int]`, `int` or `None`, defaults to `None`):
+            Indices of the decoder layers to grow (negative ones count from the end); `None` grows every layer.
+            In an encoder-decoder model an index selects that layer in every stack; use `exclude_modules` to
+            leave a stack alone.
+        k (`int`, defaults to `2`):
+            Growth factor, an integer >= 2: the MLP width becomes k * p.
+        mode (`"freeze"` or `"train"`, defaults to `"freeze"`):
+            `"freeze"` (G-Freeze, the paper's default) trains only the new rows and columns; `"train"` (G-Train)
+            trains the whole up side and freezes the down projection.
+        init (`"copy"` or `"zero"`, defaults to `"copy"`):
+            `"copy"` (the paper's) copies the pretrained rows; `"zero"` is the Appendix C.2 baseline: fresh new up
+            rows, zero new down columns, the original down block unscaled.
+        symmetry_noise (`float`, defaults to `0.0`):
+            If > 0, the down blocks that start equal get a perturbation whose blocks sum to zero, with this
+            standard deviation relative to the blocks' own. It keeps the function at initialisation and lets
+            copies that would otherwise stay identical separate (docs/method.md).
+        up_modules (`list[str]`, *optional*):
+            Regular expressions of the up-side projections, relative to a decoder layer (e.g. `["mlp.fc_in"]`),
+            for architectures that are not auto-detected; full module names for an MLP outside numbered layers.
+            Give it with `down_modules`.
+        down_modules (`list[str]`, *optional*):
+            Regular expressions of the down projection, as `up_modules` (e.g. `["mlp.fc_out"]`).
+        fused_up_chunks (`int`, *optional*):
+            How many projections a fused up-side module stacks (2 for a `gate_up_proj` that the model splits with
+            `chunk(2)`); only with `up_modules`.
+        exclude_modules (`list[str]` or `str`, *optional*):
+            Modules not to grow, with PEFT's semantics (a list of names or name suffixes, or a regex); excluding
+            any module of an MLP leaves that whole MLP alone.
+        modules_to_save (`list[str]`, *optional*):
+            As in PEFT: modules trained in full and saved with the adapter (a classification head, say).
+        trainable_token_indices (`list[int]` or `dict[str, list[int]]`, *optional*):
+            As in PEFT: embedding rows to train (added special tokens); TRL reads it too.
+        init_weights (`bool`, defaults to `True`):
+            `True` for the function-preserving start; `False` perturbs the new weights so that the adapter is not
+            an identity (for tests, as other PEFT tuners do).
+        check_function (`bool`, defaults to `True`):
+            Before growing, run each MLP (and each experts module) on a small random input as it is and as grown
+            at its function-preserving start, and refuse the adapter if the outputs differ beyond rounding (work
+            between up and down that is not elementwise). `False` skips it, for users who know their model.
+        target_modules (`list[str]`, *optional*):
+            Filled in by the tuner with the exact names of the grown modules; do not set it.
     """
 
-    layers: list[int] | int | None = field(default=None, metadata={"help": "Decoder layer indices to grow."})
-    k: int = field(default=2, metadata={"help": "Growth factor (>= 2)."})
-    mode: Literal["freeze", "train"] = field(default="freeze", metadata={"help": "'freeze' or 'train'."})
-    init: Literal["copy", "zero"] = field(default="copy", metadata={"help": "'copy' or 'zero'."})
-    symmetry_noise: float = field(default=0.0, metadata={"help": "Zero-sum down-block perturbation scale."})
-    up_modules: list[str] | None = field(default=None, metadata={"help": "Up-side module regexes."})
-    down_modules: list[str] | None = field(default=None, metadata={"help": "Down projection regexes."})
-    fused_up_chunks: int | None = field(default=None, metadata={"help": "Projections per fused up module."})
-    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules not to grow."})
-    modules_to_save: list[str] | None = field(default=None, metadata={"help": "Extra fully trained modules."})
-    trainable_token_indices: list[int] | dict[str, list[int]] | None = field(
-        default=None, metadata={"help": "Embedding rows to train (PEFT trainable tokens)."}
+    layers: list[int] | int | None = field(
+        default=None,
+        metadata={"help": "Indices of the decoder layers to grow (negative from the end); None grows every layer."},
     )
-    init_weights: bool = field(default=True, metadata={"help": "False gives a perturbed adapter (tests)."})
+    k: int = field(default=2, metadata={"help": "Growth factor, an integer >= 2: the MLP width becomes k times p."})
+    mode: Literal["freeze", "train"] = field(
+        default="freeze",
+        metadata={"help": "'freeze' trains only the new rows and columns; 'train' trains the whole up side."},
+    )
+    init: Literal["copy", "zero"] = field(
+        default="copy",
+        metadata={"help": "'copy' copies the pretrained rows; 'zero' starts new down columns at zero."},
+    )
+    symmetry_noise: float = field(
+        default=0.0,
+        metadata={"help": "Scale of a zero-sum perturbation of the down blocks that start equal (0 for none)."},
+    )
+    up_modules: list[str] | None = field(
+        default=None, metadata={"help": "Regexes of the up-side projections, relative to a decoder layer."}
+    )
+    down_modules: list[str] | None = field(
+        default=None, metadata={"help": "Regexes of the down projection, relative to a decoder layer."}
+    )
+    fused_up_chunks: int | None = field(
+        default=None, metadata={"help": "How many projections a fused up-side module stacks (with up_modules)."}
+    )
+    exclude_modules: list[str] | str | None = field(
+        default=None, metadata={"help": "Modules not to grow: names or name suffixes, or a regex."}
+    )
+    modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "Modules trained in full and saved with the adapter, as in PEFT."}
+    )
+    trainable_token_indices: list[int] | dict[str, list[int]] | None = field(
+        default=None, metadata={"help": "Embedding rows to train, as in PEFT's trainable tokens."}
+    )
+    init_weights: bool = field(
+        default=True, metadata={"help": "False perturbs the new weights so that the adapter is not an identity."}
+    )
     check_function: bool = field(
         default=True, metadata={"help": "Check numerically that each grown MLP starts out computing its function."}
     )
-    target_modules: list[str] | None = field(default=None, metadata={"help": "Filled in by the tuner."})
+    target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Filled in by the tuner with the grown modules' names; do not set it."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
