@@ -16,6 +16,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+ANY_STACK = r".+"  # any layer list
+
 
 @dataclass(frozen=True)
 class MLPLayout:
@@ -24,7 +26,7 @@ class MLPLayout:
     up: tuple[str, ...]
     down: tuple[str, ...]
     fused_up_chunks: int = 1  # a fused up module whose output the model splits with chunk(n)
-    stack: str = r".+"  # regex the path to the layer list must match (to skip e.g. a vision tower)
+    stack: str = ANY_STACK  # regex the path to the layer list must match (to skip e.g. a vision tower)
     width_key: str | None = "intermediate_size"  # the config attribute holding the width p (dotted if nested)
 
 
@@ -179,13 +181,18 @@ def _projections(model: nn.Module) -> dict[str, nn.Module]:
             raise UnsupportedArchitectureError(message)
         base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
         if isinstance(base, (nn.Linear, Conv1D)):
-            if getattr(module, "merged", False):
-                raise UnsupportedArchitectureError(
-                    f"{name} has a merged adapter, so its width is not the base model's. Call "
-                    "unmerge_adapter() before adding another grown adapter."
-                )
+            _refuse_merged(name, module)
             found[name] = base
     return found
+
+
+def _refuse_merged(name: str, module: nn.Module) -> None:
+    """A module with a merged adapter is already wide: its shapes are not the base model's."""
+    if getattr(module, "merged", False):
+        raise UnsupportedArchitectureError(
+            f"{name} has a merged adapter, so its width is not the base model's. Call unmerge_adapter() before "
+            "adding another grown adapter."
+        )
 
 
 def resolve_layout(model: nn.Module, config) -> MLPLayout:
@@ -202,7 +209,7 @@ def resolve_layout(model: nn.Module, config) -> MLPLayout:
         )
     if model_type not in ARCHITECTURES and (detected := detect_layout(model)) is not None:
         return detected
-    if model_type not in ARCHITECTURES and _experts_modules(model, MLPLayout(up=(), down=()).stack):
+    if model_type not in ARCHITECTURES and _experts_modules(model, ANY_STACK):
         return MLPLayout(up=(), down=(), width_key=None)  # experts only (Mixtral, OLMoE, ...): no dense MLP
     if model_type not in ARCHITECTURES:
         raise UnsupportedArchitectureError(
@@ -349,11 +356,7 @@ def _experts_modules(model: nn.Module, stack: str) -> dict[tuple[str, int], str]
         split = split_module_name(name)
         if split is None or experts_layout(base) is None or not re.fullmatch(stack, split[0]):
             continue
-        if getattr(module, "merged", False):
-            raise UnsupportedArchitectureError(
-                f"{name} has a merged adapter, so its width is not the base model's. Call unmerge_adapter() before "
-                "adding another grown adapter."
-            )
+        _refuse_merged(name, module)
         if (split[0], split[1]) in found:
             raise UnsupportedArchitectureError(
                 f"Layer {split[1]} of {split[0]!r} has two experts modules, {found[(split[0], split[1])]} and {name}; "

@@ -62,19 +62,15 @@ def _check_one(model: nn.Module, mlp: GrownMLP, config) -> None:
                 found, failure = _first_tensor(parent(x)), None
             except Exception as error:  # the grown width reaches work sized for the old one
                 found, failure = None, f"{type(error).__name__}: {error}"
-    scale = expected.detach().abs().max().item()
-    tolerance = _tolerance(expected.dtype, scale)
     if failure is not None:
         measured = f"fails ({failure.splitlines()[0]})"
     elif found.shape != expected.shape:
         measured = f"changes its output's shape from {tuple(expected.shape)} to {tuple(found.shape)}"
     else:
         difference = (found.float() - expected.float()).abs().max().item()
-        if difference <= tolerance:
+        measured = _beyond_rounding(difference, expected.detach().abs().max().item(), expected.dtype)
+        if measured is None:
             return
-        measured = (
-            f"changes its output by up to {difference:.3g} (largest |output| {scale:.3g}, tolerance {tolerance:.2g})"
-        )
     raise UnsupportedArchitectureError(
         f"Growing {parent_name or type(model).__name__} ({', '.join(names)}) at its function-preserving start "
         f"{measured}: the work between its up and down projections is not elementwise (a normalisation or a "
@@ -96,13 +92,9 @@ def _check_experts(model: nn.Module, mlp: GrownMLP, config) -> None:
     if isinstance(result, str):
         measured = f"fails ({result})"
     else:
-        difference, scale = result
-        tolerance = _tolerance(module.down_proj.dtype, scale)
-        if difference <= tolerance:
+        measured = _beyond_rounding(*result, module.down_proj.dtype)
+        if measured is None:
             return
-        measured = (
-            f"changes its output by up to {difference:.3g} (largest |output| {scale:.3g}, tolerance {tolerance:.2g})"
-        )
     raise UnsupportedArchitectureError(
         f"Growing the experts of {mlp.down} ({type(module).__name__}) at their function-preserving start {measured}: "
         "its experts' work between the up and down projections is not elementwise, so growth would change the "
@@ -111,8 +103,13 @@ def _check_experts(model: nn.Module, mlp: GrownMLP, config) -> None:
     )
 
 
-def _tolerance(dtype: torch.dtype, scale: float) -> float:
-    return TOLERANCE.get(dtype, LOW_PRECISION_TOLERANCE) * scale + torch.finfo(dtype).tiny
+def _beyond_rounding(difference: float, scale: float, dtype: torch.dtype) -> str | None:
+    """None if `difference` is within the dtype's rounding of an output of largest magnitude `scale`, else the
+    words for the refusal."""
+    tolerance = TOLERANCE.get(dtype, LOW_PRECISION_TOLERANCE) * scale + torch.finfo(dtype).tiny
+    if difference <= tolerance:
+        return None
+    return f"changes its output by up to {difference:.3g} (largest |output| {scale:.3g}, tolerance {tolerance:.2g})"
 
 
 @contextmanager

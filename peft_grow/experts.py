@@ -44,6 +44,11 @@ class ExpertsLayout:
     def up_bias(self) -> str:
         return self.up + "_bias"
 
+    @property
+    def tensors(self) -> tuple[str, ...]:
+        """The names of the experts module's tensors that growth widens."""
+        return (self.up, "down_proj", *((self.up_bias,) if self.bias else ()))
+
 
 # experts modules without the decorator that store the same tensors: class name -> layout
 UNDECORATED = {

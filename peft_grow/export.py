@@ -177,15 +177,11 @@ def _record_shapes(merged: nn.Module, mlps: list) -> None:
     for mlp in mlps:
         if mlp.experts:
             module = merged.get_submodule(mlp.down)
-            shapes.update({f"{mlp.down}.{key}": list(module._parameters[key].shape) for key in _tensor_names(module)})
+            tensors = experts_layout(module).tensors
+            shapes.update({f"{mlp.down}.{key}": list(module._parameters[key].shape) for key in tensors})
         else:
             shapes.update({name: list(linear_shape(merged.get_submodule(name))) for name in (*mlp.up, mlp.down)})
     setattr(merged.config, SHAPES_KEY, shapes)
-
-
-def _tensor_names(module: nn.Module) -> tuple[str, ...]:
-    layout = experts_layout(module)
-    return (layout.up, "down_proj", *((layout.up_bias,) if layout.bias else ()))
 
 
 def save_adapter(model, out_dir: str | os.PathLike, overwrite: bool = False, **kwargs) -> None:
@@ -216,10 +212,11 @@ def load_merged(path: str | os.PathLike, **kwargs) -> nn.Module:
     kwargs.setdefault("dtype", getattr(config, "dtype", None) or torch.float32)
     model = model_class._from_config(config, **kwargs)
     for name, shape in shapes.items():
-        owner, _, tensor = name.rpartition(".")
-        if tensor in model.get_submodule(owner)._parameters:  # a 3-D tensor of an experts module
-            like = model.get_submodule(owner)._parameters[tensor]
-            model.get_submodule(owner)._parameters[tensor] = _parameter(like.new_empty(shape), like)
+        owner_name, _, tensor = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        if tensor in owner._parameters:  # a 3-D tensor of an experts module
+            like = owner._parameters[tensor]
+            owner._parameters[tensor] = _parameter(like.new_empty(shape), like)
             continue
         in_features, out_features = shape
         module = model.get_submodule(name)
