@@ -205,7 +205,7 @@ def resolve_layout(model: nn.Module, config) -> MLPLayout:
     if model_type in REFUSED:
         raise UnsupportedArchitectureError(
             f"model_type {model_type!r} cannot be grown: {REFUSED[model_type]}. Growing it would silently "
-            "change the model's function."
+            "change the model's function; fine-tune this model with another PEFT method, such as LoRA."
         )
     if model_type not in ARCHITECTURES and (detected := detect_layout(model)) is not None:
         return detected
@@ -391,7 +391,8 @@ def _refuse_fused_experts(model: nn.Module, layer_prefixes: set[str], known: set
                 f"{name} is a 3-D parameter of shape {tuple(param.shape)} holding mixture-of-experts weights outside "
                 "transformers' standard fused experts module (gate_up_proj / down_proj marked by "
                 "use_experts_implementation), which is what peft-grow widens; growing experts stored this way is not "
-                "supported."
+                "supported. Fine-tune this model with another PEFT method (LoRA's target_parameters reaches 3-D "
+                "expert weights)."
             )
 
 
