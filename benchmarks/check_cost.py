@@ -1,4 +1,4 @@
-"""What growth's self-check (GrowConfig.check_function, peft_grow/checking.py) costs at injection.
+"""What growth's self-check (GrowConfig.check_function, peft_grow/tuner/checking.py) costs at injection.
 
 Builds a randomly initialised model of Gemma3-1B's published shape (hidden 1152, MLP 6912, 26 layers, vocabulary
 262,144), or with --shape olmoe of OLMoE-1B-7B's (hidden 2048, 64 experts of width 1024 in each of 16 layers,

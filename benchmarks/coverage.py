@@ -36,7 +36,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from peft_grow import GrowConfig, UnsupportedArchitectureError  # noqa: E402
-from peft_grow.architectures import resolve_layout  # noqa: E402
+from peft_grow.tuner.architectures import resolve_layout  # noqa: E402
 
 # size attributes set where a default config has them; small but with room for heads, groups and experts
 TINY = {
@@ -190,7 +190,7 @@ def explicit_config(model) -> GrowConfig | None:
     """The path a user takes for a type peft-grow does not know: the same MLP named with up_modules /
     down_modules (the layout the table or the detection finds), or None where there is none to name."""
     try:
-        layout = resolve_layout(model, GrowConfig())
+        layout = resolve_layout(model)
     except UnsupportedArchitectureError:
         return None
     if not layout.up:  # experts only: nothing dense to name

@@ -16,7 +16,7 @@ is absent, WikiText-2 and QASC fall back to the slices in benchmarks/data and Sh
 
 Methods (METHODS below): full fine-tuning; LoRA on every linear layer at the rank whose trainable-parameter count
 is closest to G-Freeze on all layers, and at r=4; G-Freeze (k=2) on all layers and on the top-N layers of the
-paper's pilot ranking (peft_grow.selection, one pilot per domain); G-Train with and without symmetry_noise; the
+paper's pilot ranking (peft_grow.analysis.selection, one pilot per domain); G-Train with and without symmetry_noise; the
 zero-init growth baseline (Appendix C.2, original weights frozen).
 
 Protocol: every run takes the same number of AdamW steps (constant learning rate, no weight decay, gradients
@@ -70,7 +70,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 import demo  # noqa: E402  (the demo's model, original domain, windowing and loss)
 
 from peft_grow import GrowConfig  # noqa: E402
-from peft_grow.selection import pilot_ranking, top_layers  # noqa: E402
+from peft_grow.analysis.selection import pilot_ranking, top_layers  # noqa: E402
 
 REPO_DATA = ROOT / "benchmarks" / "data"
 DEFAULT_SHARED = ROOT.parent / "shared" / "data"

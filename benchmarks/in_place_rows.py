@@ -1,6 +1,6 @@
 """When unmerged inference should write the up-side blocks in place instead of concatenating them.
 
-IN_PLACE_MIN_ROWS in peft_grow/layer.py is the fewest rows (tokens in one forward) for which the grown up-side
+IN_PLACE_MIN_ROWS in peft_grow/tuner/layer.py is the fewest rows (tokens in one forward) for which the grown up-side
 projections write their original and new blocks into one preallocated output. Writing in place saves copying the
 wide activation but makes more operator calls; which wins depends on the number of rows. This script times both
 paths on the same grown model, side by side, against the merged model, on the CPU setting of speed.py: decoding
@@ -24,7 +24,7 @@ import torch
 from peft import get_peft_model
 from transformers.utils import logging
 
-import peft_grow.layer as layer
+import peft_grow.tuner.layer as layer
 from peft_grow import GrowConfig
 
 PATHS = {"concatenate": 2**62, "in place": 1}  # the IN_PLACE_MIN_ROWS that forces each path

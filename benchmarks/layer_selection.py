@@ -16,7 +16,7 @@ from transformers.utils import logging
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import demo  # noqa: E402  (the demo's data loading: same model, same split)
 
-from peft_grow.selection import gradient_ranking, pilot_ranking, rank_agreement  # noqa: E402
+from peft_grow.analysis.selection import gradient_ranking, pilot_ranking, rank_agreement  # noqa: E402
 
 
 def main() -> None:

@@ -11,10 +11,11 @@ New tasks, as prompt/answer SFT with the loss on the answer only (peft_grow.eval
           exact match of the option letter (the paper uses G-Train here)
   mtnt    MTNT English to French, trained on valid (852), scored on test: SacreBLEU (for multilingual Gemma)
 
-Retention: zero-shot accuracy on the packaged lm-eval tasks (peft_grow/tasks: WinoGrande, ARC-Easy, BoolQ, COPA,
-OpenBookQA, CommonsenseQA), read from the original files in the shared data folder. `baseline` measures the base
-model on every task with its standard error; runs track the tasks where the base model is clearly above chance
-(`--retention`, by default read from the model's baseline.json), on the first `--retention-limit` questions.
+Retention: zero-shot accuracy on the packaged lm-eval tasks (peft_grow/evaluation/tasks: WinoGrande, ARC-Easy,
+BoolQ, COPA, OpenBookQA, CommonsenseQA), read from the original files in the shared data folder. `baseline`
+measures the base model on every task with its standard error; runs track the tasks where the base model is clearly
+above chance (`--retention`, by default read from the model's baseline.json), on the first `--retention-limit`
+questions.
 
 Methods (METHODS): full fine-tuning; LoRA r=16 and LoRA at the rank matched to G-Freeze on every layer; G-Freeze
 (k=2) on every layer and on the top third of layers by the paper's pilot ranking; G-Train with and without
@@ -66,7 +67,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from peft_grow import GrowConfig  # noqa: E402
 from peft_grow import evaluation as ev  # noqa: E402
-from peft_grow.selection import pilot_ranking, top_layers  # noqa: E402
+from peft_grow.analysis.selection import pilot_ranking, top_layers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "real_models"
@@ -390,7 +391,7 @@ def train_run(setup: Setup, method: str, lr: float, seed: int, path: Path, base_
     run.where = where(setup.device, args.dtype)
     run.curve.append({"step": 0, "train_loss": None, **base_point})
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    pad = ev._pad_id(setup.tokenizer)
+    pad = ev.pad_token_id(setup.tokenizer)
     data = batches(setup.train, args.batch, seed, pad, args.max_len)
     checkpoints = args.checkpoints / args.model / setup.task / path.stem if args.checkpoints else None
     done = resume(checkpoints, model, optimizer, run) if checkpoints else 0
@@ -535,7 +536,7 @@ def context(setup: Setup, folder: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     layers = setup.base.config.num_hidden_layers
     model = copy.deepcopy(setup.base).to(setup.device)
-    pad = ev._pad_id(setup.tokenizer)
+    pad = ev.pad_token_id(setup.tokenizer)
     data = batches(setup.train, setup.args.batch, 0, pad, setup.args.max_len)
     steps = setup.args.pilot_steps
     pilot = ({k: v.to(setup.device) for k, v in full_label_batch(next(data)).items()} for _ in range(steps))

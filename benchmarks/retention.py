@@ -1,6 +1,6 @@
 """Retention of stories260K: base model, a freshly grown adapter, and G-Freeze after a short fine-tune.
 
-Runs the packaged lm-eval tasks (peft_grow/tasks: grow_winogrande, grow_arc_easy, grow_boolq, grow_copa,
+Runs the packaged lm-eval tasks (peft_grow/evaluation/tasks: grow_winogrande, grow_arc_easy, grow_boolq, grow_copa,
 grow_openbook_qa, grow_commonsense_qa; zero-shot accuracy) on local data in the original formats, for:
 
   * base:    examples/data/stories260K as it is;

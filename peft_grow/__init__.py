@@ -2,6 +2,11 @@
 
 Importing this package registers the GROW method with PEFT, so that `get_peft_model`,
 `PeftModel.from_pretrained` and `AutoPeftModel*` accept `GrowConfig` adapters.
+
+The package is laid out as: `tuner/` (the method, as PEFT would hold it), `io/` (saving, merged checkpoints,
+cards, Hub upload, adapter checks), `analysis/` (costs, layer selection, update ranks, function vectors),
+`evaluation/` (data readers, metrics, generation, lm-eval tasks) and `cli/` (the `peft-grow` command). Only
+the tuner and io are imported here; they need torch, peft, transformers and safetensors alone.
 """
 
 import logging
@@ -11,18 +16,25 @@ import logging
 # command. A NullHandler keeps the record for applications that configure logging and off a bare stderr.
 logging.getLogger("bitsandbytes").addHandler(logging.NullHandler())
 
-from ._peft_registry import PeftRegistrationError, register_grow_method  # noqa: E402
-from .architectures import ARCHITECTURES, REFUSED, MLPLayout, UnsupportedArchitectureError  # noqa: E402
-from .checkpoint import GrowCheckpointError  # noqa: E402
-from .config import GrowConfig  # noqa: E402
-from .export import load_merged, save_adapter, save_merged  # noqa: E402
-from .hub import push_adapter_to_hub, push_folder_to_hub  # noqa: E402
-from .layer import GrowDownLayer, GrowLayer, GrowUpLayer  # noqa: E402
-from .model import GrowModel, GrowthSummary  # noqa: E402
+from .io import load_merged, push_adapter_to_hub, push_folder_to_hub, save_adapter, save_merged  # noqa: E402
+from .tuner import (  # noqa: E402  (importing the tuner registers GROW with PEFT)
+    ARCHITECTURES,
+    REFUSED,
+    GrowCheckpointError,
+    GrowConfig,
+    GrowDownLayer,
+    GrowExpertsLayer,
+    GrowLayer,
+    GrowModel,
+    GrowthSummary,
+    GrowUpLayer,
+    MLPLayout,
+    PeftRegistrationError,
+    UnsupportedArchitectureError,
+    find_mlps,
+)
 
 __version__ = "0.1.0"
-
-register_grow_method(GrowConfig, GrowModel)
 
 __all__ = [
     "ARCHITECTURES",
@@ -30,6 +42,7 @@ __all__ = [
     "GrowCheckpointError",
     "GrowConfig",
     "GrowDownLayer",
+    "GrowExpertsLayer",
     "GrowLayer",
     "GrowModel",
     "GrowUpLayer",
@@ -37,6 +50,7 @@ __all__ = [
     "MLPLayout",
     "PeftRegistrationError",
     "UnsupportedArchitectureError",
+    "find_mlps",
     "load_merged",
     "push_adapter_to_hub",
     "push_folder_to_hub",

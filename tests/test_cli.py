@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
 
 from peft_grow import GrowConfig
-from peft_grow.cli import inspect_adapter
+from peft_grow.io.inspection import inspect_adapter
 
 WEIGHTS = "adapter_model.safetensors"
 

@@ -1,6 +1,6 @@
 """Coverage of the model types transformers knows (benchmarks/coverage.py): every causal LM is grown exactly or
 refused with its reason, never changed silently. Model types without a table line are found by the shape of
-their MLP (peft_grow.architectures.STRUCTURES) and guarded by growth's self-check."""
+their MLP (peft_grow.tuner.architectures.STRUCTURES) and guarded by growth's self-check."""
 
 import sys
 from pathlib import Path
@@ -40,8 +40,8 @@ TABLE_LINES = ["ctrl", "xlm", "modernbert-decoder"]  # the table's lines for typ
 
 @pytest.mark.parametrize("model_type", MIXTURES + TABLE_LINES + ["afmoe"])
 def test_mixtures_of_experts_and_new_table_lines_grow_exactly(model_type):
-    """Experts grown per expert (peft_grow.experts); afmoe: an attention output gate named gate_proj beside the MLP
-    is not taken for the MLP's (an MLP's projections are siblings)."""
+    """Experts grown per expert (peft_grow.tuner.experts); afmoe: an attention output gate named gate_proj beside
+    the MLP is not taken for the MLP's (an MLP's projections are siblings)."""
     outcomes = coverage.census(model_type)
     assert [o.result for o in outcomes if o.setting != "explicit"] == ["exact", "exact"], outcomes
     assert all(o.result != "WRONG" for o in outcomes), outcomes

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from peft_grow import GrowConfig, UnsupportedArchitectureError, load_merged, save_merged
-from peft_grow.experts import GrowExpertsLayer
+from peft_grow.tuner.experts import GrowExpertsLayer
 
 VOCAB = 96
 _BASE = dict(
@@ -240,7 +240,7 @@ def test_excluded_experts_stay_as_they_are():
 def test_inspect_accepts_an_experts_adapter_and_names_what_is_missing(config, tmp_path):
     from safetensors.torch import save_file
 
-    from peft_grow.inspection import inspect_adapter
+    from peft_grow.io.inspection import inspect_adapter
 
     get_peft_model(tiny_moe("gpt_oss"), copy.deepcopy(config)).save_pretrained(tmp_path)
     report = inspect_adapter(str(tmp_path))

@@ -53,7 +53,7 @@ def test_round_trip(tmp_path, name, layers, layout, k, dtype):
     assert {p.dtype for p in loaded.parameters()} == {dtype}
     assert torch.equal(logits(loaded, inputs), merged_logits)
     standard = layout == "pad" or layers is None
-    assert (peft_grow.export.SHAPES_KEY in json.loads((tmp_path / "out" / "config.json").read_text())) != standard
+    assert (peft_grow.io.export.SHAPES_KEY in json.loads((tmp_path / "out" / "config.json").read_text())) != standard
 
 
 def test_padding_costs_exactly_the_extra_width(tmp_path):
@@ -257,5 +257,5 @@ def test_merge_and_unload_per_layer_keeps_real_widths_and_a_bad_layout_merges_no
     merged = model.merge_and_unload(layout="per-layer")
     widths = {layer.mlp.up_proj.out_features for layer in merged.model.layers}
     assert widths == {2 * merged.config.intermediate_size, merged.config.intermediate_size}
-    assert hasattr(merged.config, peft_grow.export.SHAPES_KEY)
+    assert hasattr(merged.config, peft_grow.io.export.SHAPES_KEY)
     assert (logits(merged, inputs) - expected).abs().max() <= 1e-5

@@ -1,5 +1,5 @@
-"""Function vectors (peft_grow.function_vectors) with known answers, on the real stories260K model: a head made the
-only causal one ranks first and the others have no effect at all; a model compared with itself shares all its
+"""Function vectors (peft_grow.analysis.function_vectors) with known answers, on the real stories260K model: a head
+made the only causal one ranks first and the others have no effect at all; a model compared with itself shares all its
 heads and its vector; a freshly grown adapter gives its base model's analysis; LoRA-wrapped projections work."""
 
 import copy
@@ -11,7 +11,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from peft_grow import GrowConfig
-from peft_grow import function_vectors as fv
+from peft_grow.analysis import function_vectors as fv
 
 MODEL = Path(__file__).resolve().parents[1] / "examples" / "data" / "stories260K"
 

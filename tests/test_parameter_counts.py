@@ -6,15 +6,14 @@ from helpers import GEMMA3_1B, tiny_model
 from peft import get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from peft_grow import GrowConfig
-from peft_grow.architectures import plan_growth
+from peft_grow import GrowConfig, find_mlps
 
 
 def closed_form_trainable(model, config) -> int:
     """(k-1) copies of the up side (weights and biases) and of the down weights for G-Freeze; the whole up side
     k times (delta on the original rows plus k-1 copies) for G-Train, plus the zero-init new down columns."""
     k, total = config.k, 0
-    for mlp in plan_growth(model, config):
+    for mlp in find_mlps(model, config.mlp_layout, config.layers, config.exclude_modules):
         up = sum(p.numel() for name in mlp.up for p in model.get_submodule(name).parameters())
         down = model.get_submodule(mlp.down).weight.numel()
         if config.mode == "freeze":

@@ -9,7 +9,7 @@ from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 from peft_grow import GrowConfig, GrowLayer
-from peft_grow.architectures import linear_shape
+from peft_grow.tuner.architectures import linear_shape
 
 
 def test_generate_matches_the_base_model_at_initialisation():

@@ -5,9 +5,8 @@ import torch
 from helpers import GEMMA3_1B, TINY_CONFIGS, tiny_model
 from transformers import AutoConfig
 
-from peft_grow import GrowConfig, UnsupportedArchitectureError
-from peft_grow.architectures import plan_growth
-from peft_grow.planning import ADAM_STATE_BYTES, LoraShape, load_model_config, plan_costs
+from peft_grow import GrowConfig, UnsupportedArchitectureError, find_mlps
+from peft_grow.analysis.planning import ADAM_STATE_BYTES, LoraShape, load_model_config, plan_costs
 
 GEMMA3_1B_PARAMS = 999_885_952
 GEMMA3_1B_MLP = 23_887_872  # 3 * 1152 * 6912 per layer
@@ -101,7 +100,7 @@ def test_tiny_models_match_closed_form(name, mode, init):
     model = tiny_model(name)
     config = GrowConfig(layers=[0, -1], k=3, mode=mode, init=init)
     k, expected = config.k, 0
-    for mlp in plan_growth(model, config):
+    for mlp in find_mlps(model, config.mlp_layout, config.layers, config.exclude_modules):
         up = sum(p.numel() for up_name in mlp.up for p in model.get_submodule(up_name).parameters())
         down = model.get_submodule(mlp.down).weight.numel()
         expected += (k - 1) * (up + down) if mode == "freeze" else k * up + ((k - 1) * down if init == "zero" else 0)

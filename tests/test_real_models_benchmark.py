@@ -72,7 +72,7 @@ def test_answer_loss_is_the_mean_over_answer_tokens_of_each_example_alone():
     model = AutoModelForCausalLM.from_pretrained(MODEL).eval()
     encoded = real_models.encode(tokenizer, ev.qasc_examples(DATA / "qasc" / "dev.json")[:5])
     assert all(e.answer[-1] == tokenizer.eos_token_id for e in encoded)
-    batch = real_models.collate(encoded, ev._pad_id(tokenizer), max_len=256)
+    batch = real_models.collate(encoded, ev.pad_token_id(tokenizer), max_len=256)
     assert batch["input_ids"].shape[1] == max(len(e.prompt) + len(e.answer) for e in encoded)
     assert batch["attention_mask"][:, 0].all()  # right-padded: no row of queries is fully masked
     with torch.no_grad():

@@ -9,7 +9,7 @@ from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPIN
 
 import peft_grow
 from peft_grow import GrowConfig, GrowModel, PeftRegistrationError
-from peft_grow._peft_registry import grow_peft_type, register_grow_method
+from peft_grow.tuner._peft_registry import grow_peft_type, register_grow_method
 
 
 def test_grow_is_a_peft_type():

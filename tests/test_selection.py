@@ -7,7 +7,7 @@ import torch
 from helpers import sample_inputs, tiny_model
 
 from peft_grow.analysis import effective_rank
-from peft_grow.selection import (
+from peft_grow.analysis.selection import (
     LayerScores,
     gradient_ranking,
     pilot_ranking,

@@ -115,7 +115,7 @@ def test_gpu_profile_bookkeeping_at_a_tiny_shape():
 def test_in_place_rows_benchmark_times_both_paths_and_restores_the_threshold():
     import in_place_rows
 
-    from peft_grow import layer
+    from peft_grow.tuner import layer
 
     default = layer.IN_PLACE_MIN_ROWS
     text = in_place_rows.main(["--setting", "tiny", "--rounds", "1", "--batches", "2", "--tokens", "16"])

@@ -9,7 +9,7 @@ transformers 5 stores the experts of a block as 3-D parameters of one module, ma
 Growth widens p to k*p in every expert, as for a dense MLP: the up side gains k-1 copies of its rows per gate/up
 half ([gate; up] concatenated) or as whole rows (gate/up pairs interleaved, gpt-oss), and the down side splits
 into k column blocks of W_down / k. The router and the down bias are left alone; shared experts are plain MLPs
-and grow as such (peft_grow.architectures).
+and grow as such (peft_grow.tuner.architectures).
 
 The grown layer calls the experts module's own forward (whichever experts implementation the model runs: eager
 loops, batched or grouped matmuls) on wide tensors assembled at each call with `torch.func.functional_call`, so
@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .layer import GrowLayer, GrowSettings, interleave, zero_sum_noise
+from .layer import GrowLayer, GrowSettings, zero_sum_noise
+from .tensors import interleave
 
 DECORATOR_ATTRIBUTES = ("has_gate", "has_bias", "is_transposed", "is_concatenated")
 
@@ -161,7 +162,7 @@ def initial_parts(module: nn.Module, layout: ExpertsLayout, config, generator=No
 
 
 def _noise(block: torch.Tensor, blocks: int, scale: float) -> torch.Tensor:
-    """Per expert, `blocks` random column blocks that sum to zero (see peft_grow.layer.zero_sum_noise)."""
+    """Per expert, `blocks` random column blocks that sum to zero (see peft_grow.tuner.layer.zero_sum_noise)."""
     return torch.stack([zero_sum_noise(expert, blocks, scale) for expert in block])
 
 

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .architectures import plan_growth
-from .config import GrowConfig
+from ..tuner.architectures import find_mlps
 
 Batch = dict[str, torch.Tensor]  # model inputs with `labels`, as a transformers model takes them
 
@@ -36,11 +35,11 @@ class LayerScores:
         return sorted(self.scores, key=lambda key: (-self.scores[key], key))
 
 
-def _mlp_weights(model: nn.Module, config: GrowConfig | None = None) -> dict[tuple[str, int], list[nn.Parameter]]:
+def _mlp_weights(model: nn.Module) -> dict[tuple[str, int], list[nn.Parameter]]:
     """The up-side and down weights of every MLP, per layer (the same MLPs growth would widen); a layer's routed
     experts (their 3-D tensors) and its shared or dense MLP count together."""
     weights = defaultdict(list)
-    for mlp in plan_growth(model, config or GrowConfig()):
+    for mlp in find_mlps(model):
         if mlp.experts:
             weights[(mlp.stack, mlp.index)] += list(model.get_submodule(mlp.down).parameters())
         else:

@@ -20,9 +20,9 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from .architectures import GrownMLP, UnsupportedArchitectureError
+from .tensors import PROJECTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def _check_one(model: nn.Module, mlp: GrownMLP, config) -> None:
         _check_experts(model, mlp, config)
         return
     names = (*mlp.up, mlp.down)
-    if any(type(model.get_submodule(name)) not in (nn.Linear, Conv1D) for name in names):
+    if any(type(model.get_submodule(name)) not in PROJECTIONS for name in names):
         return  # already wrapped (a second adapter, another tuner): checked when first grown, or not a plain layer
     parent_name = _common_parent(names)
     parent = model.get_submodule(parent_name) if parent_name else model

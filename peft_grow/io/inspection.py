@@ -12,9 +12,9 @@ import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .architectures import ARCHITECTURES, STRUCTURES, split_module_name
+from ..tuner.architectures import ARCHITECTURES, STRUCTURES, split_module_name
+from ..tuner.config import INITS, MODES
 from .checkpoint import ADAPTER_WEIGHTS, GrowCheckpointError, check_adapter_weights
-from .config import INITS, MODES
 
 ADAPTER_CONFIG = "adapter_config.json"
 

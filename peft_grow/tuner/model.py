@@ -13,12 +13,16 @@ from peft.tuners.tuners_utils import (
 )
 from torch import nn
 
-from .architectures import plan_growth
+from .architectures import find_mlps
 from .checking import check_growth_preserves
-from .checkpoint import GrowCheckpointError
 from .config import GrowConfig
 from .experts import GrowExpertsLayer
 from .layer import GrowDownLayer, GrowLayer, GrowUpLayer, bnb_dequantized, dequantized_linear, is_bnb_quantized
+from .merged import LAYOUTS, describe_merged
+
+
+class GrowCheckpointError(ValueError):
+    """An adapter cannot be loaded as written: not safetensors, unreadable, or made for another base model."""
 
 
 @dataclass(frozen=True)
@@ -57,14 +61,14 @@ EXPERTS = "experts"  # the role of a fused experts module among GrowModel._up_ch
 
 
 class GrowModel(BaseTuner):
-    """Grows the MLPs chosen by a `GrowConfig` (see `peft_grow.config`).
+    """Grows the MLPs chosen by a `GrowConfig` (see `peft_grow.tuner.config`).
 
     Use it through PEFT: `get_peft_model(model, GrowConfig(...))`, `PeftModel.from_pretrained(model, path)`.
     """
 
     prefix = "grow_"
     tuner_layer_cls = GrowLayer
-    target_module_mapping: dict[str, list[str]] = {}  # targets come from peft_grow.architectures instead
+    target_module_mapping: dict[str, list[str]] = {}  # targets come from peft_grow.tuner.architectures instead
 
     def inject_adapter(
         self,
@@ -80,7 +84,7 @@ class GrowModel(BaseTuner):
         config = self.peft_config[adapter_name]
         # module name -> fused chunks for up-side projections; None for down projections, EXPERTS for experts modules
         self._up_chunks = {}
-        mlps = plan_growth(model, config)
+        mlps = find_mlps(model, config.mlp_layout, config.layers, config.exclude_modules)
         if config.check_function:
             check_growth_preserves(model, mlps, config)
         for mlp in mlps:
@@ -161,10 +165,8 @@ class GrowModel(BaseTuner):
 
         layout="pad" (default) also widens the MLPs that were not grown with zero units (exact), so that
         `merged.save_pretrained(d)` reloads with plain `from_pretrained(d)`; "per-layer" keeps each MLP's width and
-        records it for `peft_grow.load_merged`; None leaves model and config as merged (see peft_grow.export).
+        records it for `peft_grow.load_merged`; None leaves model and config as merged (see peft_grow.io.export).
         """
-        from .export import LAYOUTS, describe_merged
-
         if layout not in (None, *LAYOUTS):  # before anything is merged
             raise ValueError(f"layout must be one of {LAYOUTS} or None, got {layout!r}.")
         name = adapter_names[0] if adapter_names else self.active_adapters[0]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..tuner.architectures import find_mlps
+
 
 def effective_rank(matrix: torch.Tensor) -> float:
     """Roy and Vetterli's (2007) effective rank: exp of the entropy of the normalised singular values.
@@ -68,12 +70,9 @@ class UpdateRankRecorder:
 def _up_weights(model: torch.nn.Module) -> dict[tuple[str, int], torch.Tensor]:
     """The up projection of every dense MLP (the paper's W^(1); the last up-side module, up_proj of a gated MLP),
     as detached float32 copies; fused experts are left out (one matrix per expert, not one per layer)."""
-    from .architectures import plan_growth
-    from .config import GrowConfig
-
     return {
         (mlp.stack, mlp.index): model.get_submodule(mlp.up[-1]).weight.detach().float().clone()
-        for mlp in plan_growth(model, GrowConfig())
+        for mlp in find_mlps(model)
         if not mlp.experts
     }
 

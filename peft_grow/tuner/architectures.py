@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
-from transformers.pytorch_utils import Conv1D
+
+from .tensors import PROJECTIONS, linear_shape
 
 ANY_STACK = r".+"  # any layer list
 
@@ -92,7 +93,7 @@ ARCHITECTURES: dict[str, MLPLayout] = {
 
 # Shapes recognised by name inside a layer for model types without a table line, tried in this order; the first that
 # finds a well-formed MLP (shapes that pair up) in every layer it touches is used, and growth's self-check
-# (peft_grow.checking) guards what names cannot show. Anything may precede the names inside a layer ("mlp.",
+# (peft_grow.tuner.checking) guards what names cannot show. Anything may precede the names inside a layer ("mlp.",
 # "feed_forward.", "ffn."), except where the name alone would also match an attention module.
 _ANY = r"(?:.+\.)?"
 STRUCTURES: tuple[MLPLayout, ...] = (
@@ -148,15 +149,6 @@ class GrownMLP:
     experts: int = 0
 
 
-def linear_shape(module: nn.Module) -> tuple[int, int]:
-    """(in_features, out_features) of an nn.Linear or a GPT-2 Conv1D, read from the weight itself (from the
-    module's counts for bitsandbytes layers, whose packed weights have other shapes)."""
-    if type(module.weight).__name__ in ("Params4bit", "Int8Params"):
-        return module.in_features, module.out_features
-    rows, cols = module.weight.shape
-    return (rows, cols) if isinstance(module, Conv1D) else (cols, rows)
-
-
 UNNUMBERED = -1  # the layer index of an MLP outside any numbered stack (custom models); grown only with layers=None
 
 
@@ -180,7 +172,7 @@ def _projections(model: nn.Module) -> dict[str, nn.Module]:
         if message is not None:
             raise UnsupportedArchitectureError(message)
         base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
-        if isinstance(base, (nn.Linear, Conv1D)):
+        if isinstance(base, PROJECTIONS):
             _refuse_merged(name, module)
             found[name] = base
     return found
@@ -195,12 +187,11 @@ def _refuse_merged(name: str, module: nn.Module) -> None:
         )
 
 
-def resolve_layout(model: nn.Module, config) -> MLPLayout:
-    """The layout from the config's overrides, else from the model's `model_type`."""
-    if config.up_modules is not None:
-        return MLPLayout(
-            up=tuple(config.up_modules), down=tuple(config.down_modules), fused_up_chunks=config.fused_up_chunks or 1
-        )
+def resolve_layout(model: nn.Module, layout: MLPLayout | None = None) -> MLPLayout:
+    """`layout` if given (GrowConfig.up_modules/down_modules), else the model's: from its `model_type`, or
+    detected from its module names."""
+    if layout is not None:
+        return layout
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type in REFUSED:
         raise UnsupportedArchitectureError(
@@ -218,7 +209,7 @@ def resolve_layout(model: nn.Module, config) -> MLPLayout:
             + " Pass GrowConfig(up_modules=[...], down_modules=[...]) with regexes of the up-side and down "
             "projections relative to a layer, e.g. up_modules=['mlp.fc_in'], down_modules=['mlp.fc_out'] "
             "(and fused_up_chunks=2 for a fused gate/up projection), or add a line to "
-            "peft_grow.architectures.ARCHITECTURES."
+            "peft_grow.tuner.architectures.ARCHITECTURES."
         )
     return ARCHITECTURES[model_type]
 
@@ -295,14 +286,22 @@ def _parent(name: str) -> str:
     return name.rpartition(".")[0]
 
 
-def plan_growth(model: nn.Module, config) -> list[GrownMLP]:
-    """List the MLPs that `config` grows in `model`, checking layer indices and shapes.
+def find_mlps(
+    model: nn.Module,
+    layout: MLPLayout | None = None,
+    layers: list[int] | None = None,
+    exclude: list[str] | str | None = None,
+) -> list[GrownMLP]:
+    """The MLPs of `model` that growth would widen, checking layer indices and shapes.
 
-    Raises UnsupportedArchitectureError (or ValueError for bad indices) with what was expected, what was found
-    and what to do.
+    `layout` is where the MLP's projections are (None: the model's own, from ARCHITECTURES or detected);
+    `layers` the indices in each numbered stack (None: every layer, and MLPs outside numbered stacks);
+    `exclude` PEFT-style module names or a regex to leave out. `GrowConfig` passes its `mlp_layout`, `layers`
+    and `exclude_modules`. Raises UnsupportedArchitectureError (or ValueError for bad indices) with what was
+    expected, what was found and what to do.
     """
-    layout = resolve_layout(model, config)
-    explicit = config.up_modules is not None
+    explicit = layout is not None
+    layout = resolve_layout(model, layout)
     modules = _projections(model)
     groups = _group(modules, layout, explicit)
     experts = _experts_modules(model, layout.stack)
@@ -318,33 +317,33 @@ def plan_growth(model: nn.Module, config) -> list[GrownMLP]:
     _refuse_fused_experts(model, {f"{s}.{i}" for s, i in [*groups, *experts]}, set(experts.values()))
 
     layer_counts = _layer_counts(model, {stack for stack, index in [*groups, *experts] if index != UNNUMBERED})
-    if config.layers is not None and not layer_counts:
+    if layers is not None and not layer_counts:
         where = sorted(groups)[0][0] or "the model itself"
         raise ValueError(
-            f"GrowConfig.layers={config.layers} selects numbered layers, but the MLPs found ({where}) are outside "
+            f"GrowConfig.layers={layers} selects numbered layers, but the MLPs found ({where}) are outside "
             "any numbered stack of layers. Use layers=None to grow them."
         )
-    chosen = _choose_layers(config.layers, layer_counts)
-    plan = []
+    chosen = _choose_layers(layers, layer_counts)
+    found = []
     for (stack, index), names in sorted(groups.items()):
-        selected = config.layers is None if index == UNNUMBERED else index in chosen[stack]
-        if not selected or _is_excluded(config.exclude_modules, names["up"] + names["down"]):
+        selected = layers is None if index == UNNUMBERED else index in chosen[stack]
+        if not selected or _is_excluded(exclude, names["up"] + names["down"]):
             continue
-        plan.append(_check_mlp(stack, index, names, modules, layout.fused_up_chunks))
+        found.append(_check_mlp(stack, index, names, modules, layout.fused_up_chunks))
     for (stack, index), name in sorted(experts.items()):
-        if index in chosen[stack] and not _is_excluded(config.exclude_modules, [name]):
-            plan.append(_experts_mlp(model, stack, index, name))
-    if not plan:
+        if index in chosen[stack] and not _is_excluded(exclude, [name]):
+            found.append(_experts_mlp(model, stack, index, name))
+    if not found:
         unnumbered = " (MLPs outside numbered layers are grown only with layers=None)" if not layer_counts else ""
         raise ValueError(
-            f"GrowConfig(layers={config.layers}, exclude_modules={config.exclude_modules!r}) leaves no MLP to "
+            f"GrowConfig(layers={layers}, exclude_modules={exclude!r}) leaves no MLP to "
             f"grow{unnumbered}. Select at least one layer that is not excluded."
         )
-    return plan
+    return found
 
 
 def _experts_modules(model: nn.Module, stack: str) -> dict[tuple[str, int], str]:
-    """The fused experts module (peft_grow.experts) of each numbered layer that has one, seen through a grown
+    """The fused experts module (peft_grow.tuner.experts) of each numbered layer that has one, seen through a grown
     layer's wrapper, by (layer stack, index)."""
     from .experts import experts_layout  # it imports the layers, which import this module
 
@@ -378,7 +377,7 @@ def _experts_mlp(model: nn.Module, stack: str, index: int, name: str) -> GrownML
 
 def _refuse_fused_experts(model: nn.Module, layer_prefixes: set[str], known: set[str]) -> None:
     """Mixture-of-experts weights stored as 3-D parameters outside transformers' standard experts module (`known`,
-    grown by peft_grow.experts) cannot be widened; other 3-D parameters (a Mamba block's conv1d) are not part of
+    grown by peft_grow.tuner.experts) cannot be widened; other 3-D parameters (a Mamba block's conv1d) are not part of
     any MLP."""
     for name, param in model.named_parameters():
         if ".grow_" in name:  # a grown adapter's own tensors (a second adapter is being added)

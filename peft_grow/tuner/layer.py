@@ -24,9 +24,8 @@ import torch.nn.functional as F
 from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
-from .architectures import linear_shape
+from .tensors import BNB_WEIGHTS, PROJECTIONS, interleave, is_conv1d, linear_layout, linear_shape, set_projection
 
 
 @dataclass(frozen=True)
@@ -84,14 +83,6 @@ def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x if x.dtype == dtype else x.to(dtype)
 
 
-def interleave(original: torch.Tensor, new: torch.Tensor, chunks: int, dim: int) -> torch.Tensor:
-    """[o_0 | n_0 | o_1 | n_1 ...] from `original` and `new`, each split into `chunks` equal parts along `dim`."""
-    if chunks == 1:
-        return torch.cat([original, new], dim=dim)
-    pairs = zip(original.chunk(chunks, dim=dim), new.chunk(chunks, dim=dim), strict=True)
-    return torch.cat([part for pair in pairs for part in pair], dim=dim)
-
-
 def zero_sum_noise(block: torch.Tensor, blocks: int, scale: float) -> torch.Tensor:
     """`blocks` random [h, p] blocks side by side ([h, blocks*p]) that sum to zero, std `scale` * std(block)."""
     h, p = block.shape
@@ -99,18 +90,6 @@ def zero_sum_noise(block: torch.Tensor, blocks: int, scale: float) -> torch.Tens
     noise = noise * (scale * block.float().std())
     noise = noise - noise.mean(dim=0, keepdim=True)
     return noise.permute(1, 0, 2).reshape(h, blocks * p).to(block.dtype)
-
-
-def set_projection(module: nn.Module, weight: nn.Parameter, bias: nn.Parameter | None) -> None:
-    """Give an nn.Linear or Conv1D new (possibly wider) parameters and keep its feature counts in step."""
-    module.weight = weight
-    if bias is not None:
-        module.bias = bias
-    in_features, out_features = linear_shape(module)
-    if isinstance(module, Conv1D):
-        module.nx, module.nf = in_features, out_features
-    else:
-        module.in_features, module.out_features = in_features, out_features
 
 
 class GrowLayer(BaseTunerLayer):
@@ -125,13 +104,13 @@ class GrowLayer(BaseTunerLayer):
     other_param_names = ("grow_noise", "grow_settings")
 
     def __init__(self, base_layer: nn.Module) -> None:
-        if not isinstance(base_layer, (nn.Linear, Conv1D)):
+        if not isinstance(base_layer, PROJECTIONS):
             raise TypeError(f"peft-grow wraps nn.Linear or Conv1D modules, got {type(base_layer).__name__}.")
         refuse_partitioned(base_layer)
         refuse_offloaded(base_layer)
         refuse_unsupported_quantization(base_layer)
         self._init_adapter_state(base_layer)
-        self.conv1d = isinstance(base_layer, Conv1D)
+        self.conv1d = is_conv1d(base_layer)
         self.quantized = is_bnb_quantized(base_layer)  # original rows: the quantized layer; new ones: float copies
 
     def _init_adapter_state(self, base_layer: nn.Module) -> None:
@@ -206,7 +185,7 @@ class GrowLayer(BaseTunerLayer):
     def _is_bare(base: nn.Module) -> bool:
         """Whether the wrapped module's arithmetic may be applied without calling it: a plain nn.Linear / Conv1D
         without hooks. One with hooks (accelerate's offloading) or a subclass with its own forward must be called."""
-        return type(base) in (nn.Linear, Conv1D) and not (
+        return type(base) in PROJECTIONS and not (
             base._forward_hooks or base._forward_pre_hooks or "_hf_hook" in base.__dict__
         )
 
@@ -581,9 +560,6 @@ def refuse_offloaded(module: nn.Module) -> None:
         )
 
 
-BNB_WEIGHTS = ("Params4bit", "Int8Params")  # bitsandbytes' 4-bit and 8-bit weights, which growth supports
-
-
 def is_bnb_quantized(module: nn.Module) -> bool:
     return type(getattr(module, "weight", None)).__name__ in BNB_WEIGHTS
 
@@ -686,8 +662,3 @@ def _project_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias
         torch.mm(x, weight, out=out)
     else:
         torch.addmm(bias, x, weight, out=out)
-
-
-def linear_layout(tensor: torch.Tensor, conv1d: bool) -> torch.Tensor:
-    """A weight in nn.Linear's [out, in] layout from a Conv1D's [in, out] one, or back (a transposed view)."""
-    return tensor.t() if conv1d else tensor

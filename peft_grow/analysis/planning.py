@@ -22,8 +22,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig
 from transformers.pytorch_utils import Conv1D
 
-from .architectures import linear_shape, plan_growth, split_module_name
-from .config import GrowConfig
+from ..tuner.architectures import find_mlps, split_module_name
+from ..tuner.config import GrowConfig
+from ..tuner.tensors import linear_shape
 
 logger = logging.getLogger(__name__)
 
@@ -264,15 +265,10 @@ def plan_costs(
     model = build_meta_model(config)
 
     # The LoRA comparison targets the blocks of every stack that holds growable MLPs (all layers).
-    all_layers = GrowConfig(
-        up_modules=grow_config.up_modules,
-        down_modules=grow_config.down_modules,
-        fused_up_chunks=grow_config.fused_up_chunks,
-    )
-    stacks = {mlp.stack for mlp in plan_growth(model, all_layers)}
+    stacks = {mlp.stack for mlp in find_mlps(model, grow_config.mlp_layout)}
     shape = lora_shape(model, stacks)
     stack_sizes = {stack: len(model.get_submodule(stack)) for stack in sorted(stacks)}
-    plan = plan_growth(model, grow_config)
+    plan = find_mlps(model, grow_config.mlp_layout, grow_config.layers, grow_config.exclude_modules)
     grown_layers = {
         stack: tuple(sorted({mlp.index for mlp in plan if mlp.stack == stack}))  # a layer may hold experts and an MLP
         for stack in sorted({mlp.stack for mlp in plan})

@@ -6,12 +6,10 @@ import os
 
 from safetensors import safe_open
 
+from ..tuner.model import GrowCheckpointError
+
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PICKLED_WEIGHTS = "adapter_model.bin"
-
-
-class GrowCheckpointError(ValueError):
-    """An adapter folder cannot be loaded as written."""
 
 
 def check_adapter_weights(folder: str) -> None:

@@ -33,10 +33,10 @@ from rich.table import Table
 from rich.text import Text
 from transformers.utils import logging as hf_logging
 
-from .architectures import UnsupportedArchitectureError, split_module_name
-from .checkpoint import GrowCheckpointError
-from .inspection import AdapterReport, format_indices, inspect_adapter
-from .planning import PlanCosts, plan_costs
+from ..analysis.planning import PlanCosts, plan_costs
+from ..io.checkpoint import GrowCheckpointError
+from ..io.inspection import AdapterReport, format_indices, inspect_adapter
+from ..tuner.architectures import UnsupportedArchitectureError, split_module_name
 
 EXIT_OK, EXIT_INCONSISTENT, EXIT_USAGE = 0, 1, 2
 #: errors that mean "bad input", reported in one line with exit code 2 (the others are bugs: traceback)
@@ -334,7 +334,7 @@ def rank_layers(
     import torch
     import transformers
 
-    from .selection import gradient_ranking, pilot_ranking, top_layers
+    from ..analysis.selection import gradient_ranking, pilot_ranking, top_layers
 
     quiet_libraries()
     console = make_console()
@@ -407,8 +407,8 @@ def merge(
     import transformers
     from peft import PeftModel
 
-    from .config import GrowConfig
-    from .export import SHAPES_KEY, save_merged
+    from ..io.export import SHAPES_KEY, save_merged
+    from ..tuner.config import GrowConfig
 
     quiet_libraries()
     console = make_console()
@@ -582,7 +582,7 @@ def function_vectors_command(
     vector each model shares with BASE."""
     import torch
 
-    from . import function_vectors as fv
+    from ..analysis import function_vectors as fv
 
     quiet_libraries()
     console = make_console()

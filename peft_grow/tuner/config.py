@@ -10,6 +10,7 @@ from typing import Literal
 from peft.config import PeftConfig
 
 from ._peft_registry import grow_peft_type
+from .architectures import MLPLayout
 
 MODES = ("freeze", "train")
 INITS = ("copy", "zero")
@@ -171,6 +172,15 @@ class GrowConfig(PeftConfig):
             )
 
     @property
+    def mlp_layout(self) -> MLPLayout | None:
+        """The MLP layout that up_modules/down_modules name, or None for the model's own."""
+        if self.up_modules is None:
+            return None
+        return MLPLayout(
+            up=tuple(self.up_modules), down=tuple(self.down_modules), fused_up_chunks=self.fused_up_chunks or 1
+        )
+
+    @property
     def has_equal_down_blocks(self) -> bool:
         """True where several copies start equal and would stay equal under training (docs/method.md)."""
         if self.init != "copy":
@@ -183,7 +193,7 @@ class GrowConfig(PeftConfig):
         PeftModel.save_pretrained writes its model card before the config, so the card is already there to update.
         """
         super().save_pretrained(save_directory, **kwargs)
-        from .cards import write_adapter_card
+        from ..io.cards import write_adapter_card
 
         write_adapter_card(save_directory, self)
 
@@ -197,7 +207,7 @@ class GrowConfig(PeftConfig):
         config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         folder = os.path.join(pretrained_model_name_or_path, subfolder or "")
         if os.path.isdir(folder):
-            from .checkpoint import check_adapter_weights
+            from ..io.checkpoint import check_adapter_weights
 
             check_adapter_weights(folder)
         return config

@@ -1,0 +1,5 @@
+"""`python -m peft_grow.cli` runs the `peft-grow` command."""
+
+from . import main
+
+main()
