@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM
 
 from peft_grow import GrowConfig, GrowDownLayer, GrowUpLayer
-from peft_grow.tuner.layer import IN_PLACE_MIN_ROWS
+from peft_grow.tuner._fast_paths import IN_PLACE_MIN_ROWS
 
 
 def grown_ups(model) -> list[GrowUpLayer]:

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from peft_grow import GrowConfig, GrowUpLayer
-from peft_grow.tuner.layer import IN_PLACE_MIN_ROWS
+from peft_grow.tuner._fast_paths import IN_PLACE_MIN_ROWS
 
 # name -> (architecture, dtype, config)
 CASES = {

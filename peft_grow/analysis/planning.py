@@ -24,6 +24,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ..tuner.architectures import find_mlps, split_module_name
 from ..tuner.config import GrowConfig
+from ..tuner.model import GrowthSummary
 from ..tuner.tensors import linear_shape
 
 logger = logging.getLogger(__name__)
@@ -256,14 +257,84 @@ def plan_costs(
     grow_config = GrowConfig(layers=layers, k=k, mode=mode, init=init, **grow_kwargs)  # validates first, cheaply
     if not isinstance(reference_lora_rank, int) or reference_lora_rank < 1:
         raise ValueError(f"reference_lora_rank must be an integer >= 1, got {reference_lora_rank!r}.")
-    source = (
-        type(model_config_or_path).__name__
-        if isinstance(model_config_or_path, PretrainedConfig)
-        else os.fspath(model_config_or_path)
-    )
-    config = load_model_config(model_config_or_path)
-    model = build_meta_model(config)
+    source = _source_name(model_config_or_path)
+    growth = _grow_on_meta(load_model_config(model_config_or_path), grow_config, autocast_adapter_dtype)
+    logger.debug("plan_costs(%s): %s, %d adapter buffer elements", source, growth.summary, growth.buffers)
+    prices = _Prices(dtype, _adapter_dtype(dtype, autocast_adapter_dtype), growth.summary.base_params)
+    return _plan(source, growth, prices, grow_config, reference_lora_rank, autocast_adapter_dtype)
 
+
+def _plan(
+    source: str,
+    growth: _Growth,
+    prices: _Prices,
+    grow_config: GrowConfig,
+    reference_lora_rank: int,
+    autocast_adapter_dtype: bool,
+) -> PlanCosts:
+    """PlanCosts from the grown model's counts: the grown adapter, next to LoRA (the rank closest in size, and the
+    reference rank) and full fine-tuning, priced by `prices`."""
+    summary, buffers, shape = growth.summary, growth.buffers, growth.lora_shape
+    k, mode, init = grow_config.k, grow_config.mode, grow_config.init
+    rank = shape.closest_rank(summary.trainable_params)
+    return PlanCosts(
+        source=source,
+        model_type=growth.model_type,
+        model_class=growth.model_class,
+        dtype=prices.dtype,
+        adapter_dtype=prices.adapter_dtype,
+        k=k,
+        mode=mode,
+        init=init,
+        base_params=summary.base_params,
+        added_params=summary.added_params,
+        added_buffer_elements=buffers,
+        trainable_params=summary.trainable_params,
+        grown_mlps=growth.grown_mlps,
+        grown_layers=growth.grown_layers,
+        stack_sizes=growth.stack_sizes,
+        mlp_shapes=growth.mlp_shapes,
+        grow=prices.adapter(_grow_name(k, mode, init), summary.added_params, summary.trainable_params, buffers),
+        lora=prices.lora(shape, rank),
+        lora_reference=prices.lora(shape, reference_lora_rank),
+        full=prices.full(),
+        lora_shape=shape,
+        lora_rank=rank,
+        lora_reference_rank=reference_lora_rank,
+        assumptions=_assumptions(prices, autocast_adapter_dtype, shape),
+        notes=_notes(shape, rank, buffers),
+    )
+
+
+def _source_name(model_config_or_path: str | os.PathLike | PretrainedConfig) -> str:
+    """What the plan was made from: the path or Hub id, or the config class's name."""
+    if isinstance(model_config_or_path, PretrainedConfig):
+        return type(model_config_or_path).__name__
+    return os.fspath(model_config_or_path)
+
+
+@dataclass(frozen=True)
+class _Growth:
+    """A model grown on the meta device: where its MLPs are, what `growth_summary()` counts, and the LoRA that
+    `plan_costs` compares with it."""
+
+    model_type: str
+    model_class: str
+    lora_shape: LoraShape  # over every layer of every stack that holds growable MLPs
+    stack_sizes: dict[str, int]  # layer stack -> number of layers
+    grown_layers: dict[str, tuple[int, ...]]  # layer stack -> grown layer indices
+    mlp_shapes: tuple[tuple[int, int, int, int], ...]  # distinct (hidden, width, fused up chunks, experts)
+    grown_mlps: int
+    summary: GrowthSummary
+    buffers: int  # elements of frozen adapter buffers (symmetry noise in G-Train)
+
+
+def _grow_on_meta(config: PretrainedConfig, grow_config: GrowConfig, autocast_adapter_dtype: bool = True) -> _Growth:
+    """Build the model of `config` on the meta device and grow it with `get_peft_model`, exactly as training would.
+
+    Raises UnsupportedArchitectureError for a model that cannot be grown, ValueError for a layer index out of range.
+    """
+    model = build_meta_model(config)
     # The LoRA comparison targets the blocks of every stack that holds growable MLPs (all layers).
     stacks = {mlp.stack for mlp in find_mlps(model, grow_config.mlp_layout)}
     shape = lora_shape(model, stacks)
@@ -274,54 +345,77 @@ def plan_costs(
         for stack in sorted({mlp.stack for mlp in plan})
     }
     mlp_shapes = tuple(sorted({(mlp.hidden, mlp.width, mlp.chunks, mlp.experts) for mlp in plan}))
-
     peft_model = get_peft_model(model, grow_config, autocast_adapter_dtype=autocast_adapter_dtype)
-    summary = peft_model.base_model.growth_summary()
-    buffers = _adapter_counts(peft_model)
-    base_params = summary.base_params  # shared tensors (tied embeddings) counted once
-    logger.debug("plan_costs(%s): %s, %d adapter buffer elements", source, summary, buffers)
+    return _Growth(
+        model_type=str(getattr(config, "model_type", "")),
+        model_class=type(model).__name__,
+        lora_shape=shape,
+        stack_sizes=stack_sizes,
+        grown_layers=grown_layers,
+        mlp_shapes=mlp_shapes,
+        grown_mlps=len(plan),
+        summary=peft_model.base_model.growth_summary(),
+        buffers=_adapter_counts(peft_model),
+    )
 
-    base_bytes = DTYPE_BYTES[dtype]
-    adapter_dtype = "float32" if autocast_adapter_dtype and dtype != "float32" else dtype
-    adapter_bytes = DTYPE_BYTES[adapter_dtype]
-    base_weight_bytes = base_params * base_bytes
 
-    def adapter_method(name: str, added: int, trainable: int, frozen_added: int = 0) -> MethodCost:
+def _adapter_dtype(dtype: str, autocast_adapter_dtype: bool) -> str:
+    """The dtype of added (and LoRA) weights: float32 under PEFT's autocast_adapter_dtype when the base is 16-bit."""
+    return "float32" if autocast_adapter_dtype and dtype != "float32" else dtype
+
+
+@dataclass(frozen=True)
+class _Prices:
+    """Training-state memory of a method from its parameter counts: base weights in `dtype`, added ones in
+    `adapter_dtype`, gradients in the trained parameters' dtype, two float32 AdamW moments per trained one."""
+
+    dtype: str
+    adapter_dtype: str
+    base_params: int  # shared tensors (tied embeddings) counted once
+
+    @property
+    def base_weight_bytes(self) -> int:
+        return self.base_params * DTYPE_BYTES[self.dtype]
+
+    def adapter(self, name: str, added: int, trainable: int, frozen_added: int = 0) -> MethodCost:
+        """A method that adds `added` parameters (and `frozen_added` frozen elements) and trains `trainable`."""
+        adapter_bytes = DTYPE_BYTES[self.adapter_dtype]
         return MethodCost(
             name=name,
             trainable_params=trainable,
             added_params=added,
-            trainable_share=trainable / base_params,
-            weight_bytes=base_weight_bytes + (added + frozen_added) * adapter_bytes,
+            trainable_share=trainable / self.base_params,
+            weight_bytes=self.base_weight_bytes + (added + frozen_added) * adapter_bytes,
             gradient_bytes=trainable * adapter_bytes,
             optimizer_bytes=trainable * ADAM_STATE_BYTES,
         )
 
-    label = "G-Freeze" if mode == "freeze" else "G-Train"
-    grow = adapter_method(
-        f"{label} k={k}" + (" zero-init" if init == "zero" else ""),
-        summary.added_params,
-        summary.trainable_params,
-        buffers,
-    )
-    rank = shape.closest_rank(summary.trainable_params)
-    lora = adapter_method(f"LoRA r={rank}", shape.params(rank), shape.params(rank))
-    reference = adapter_method(
-        f"LoRA r={reference_lora_rank}", shape.params(reference_lora_rank), shape.params(reference_lora_rank)
-    )
-    full = MethodCost(
-        name="full fine-tuning",
-        trainable_params=base_params,
-        added_params=0,
-        trainable_share=1.0,
-        weight_bytes=base_weight_bytes,
-        gradient_bytes=base_weight_bytes,
-        optimizer_bytes=base_params * ADAM_STATE_BYTES,
-    )
+    def lora(self, shape: LoraShape, rank: int) -> MethodCost:
+        return self.adapter(f"LoRA r={rank}", shape.params(rank), shape.params(rank))
 
-    assumptions = (
-        f"Weights: base parameters in {dtype} ({base_bytes} B each); added grown and LoRA parameters in "
-        f"{adapter_dtype} ({adapter_bytes} B each){_adapter_dtype_reason(dtype, autocast_adapter_dtype)}.",
+    def full(self) -> MethodCost:
+        """Full fine-tuning: every base parameter trained, nothing added."""
+        return MethodCost(
+            name="full fine-tuning",
+            trainable_params=self.base_params,
+            added_params=0,
+            trainable_share=1.0,
+            weight_bytes=self.base_weight_bytes,
+            gradient_bytes=self.base_weight_bytes,
+            optimizer_bytes=self.base_params * ADAM_STATE_BYTES,
+        )
+
+
+def _grow_name(k: int, mode: str, init: str) -> str:
+    label = "G-Freeze" if mode == "freeze" else "G-Train"
+    return f"{label} k={k}" + (" zero-init" if init == "zero" else "")
+
+
+def _assumptions(prices: _Prices, autocast_adapter_dtype: bool, shape: LoraShape) -> tuple[str, ...]:
+    dtype, adapter_dtype = prices.dtype, prices.adapter_dtype
+    return (
+        f"Weights: base parameters in {dtype} ({DTYPE_BYTES[dtype]} B each); added grown and LoRA parameters in "
+        f"{adapter_dtype} ({DTYPE_BYTES[adapter_dtype]} B each){_adapter_dtype_reason(dtype, autocast_adapter_dtype)}.",
         "Gradients: one per trainable parameter, in that parameter's dtype; frozen weights have none.",
         "AdamW: two float32 moments per trainable parameter (8 B). For full fine-tuning this assumes a "
         "mixed-precision optimizer; a float32 master copy of the weights, where kept, adds 4 B per parameter "
@@ -332,6 +426,9 @@ def plan_costs(
         "buffers, CUDA context, allocator fragmentation.",
         "Tied parameters (e.g. embeddings shared with the LM head) are counted once.",
     )
+
+
+def _notes(shape: LoraShape, rank: int, buffers: int) -> tuple[str, ...]:
     notes = []
     if rank > shape.min_dim:
         notes.append(
@@ -341,30 +438,4 @@ def plan_costs(
         )
     if buffers:
         notes.append(f"{buffers:,} frozen adapter elements (symmetry noise) are counted in the weights.")
-    return PlanCosts(
-        source=source,
-        model_type=str(getattr(config, "model_type", "")),
-        model_class=type(model).__name__,
-        dtype=dtype,
-        adapter_dtype=adapter_dtype,
-        k=k,
-        mode=mode,
-        init=init,
-        base_params=base_params,
-        added_params=summary.added_params,
-        added_buffer_elements=buffers,
-        trainable_params=summary.trainable_params,
-        grown_mlps=len(plan),
-        grown_layers=grown_layers,
-        stack_sizes=stack_sizes,
-        mlp_shapes=mlp_shapes,
-        grow=grow,
-        lora=lora,
-        lora_reference=reference,
-        full=full,
-        lora_shape=shape,
-        lora_rank=rank,
-        lora_reference_rank=reference_lora_rank,
-        assumptions=assumptions,
-        notes=tuple(notes),
-    )
+    return tuple(notes)

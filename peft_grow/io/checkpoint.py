@@ -12,6 +12,14 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PICKLED_WEIGHTS = "adapter_model.bin"
 
 
+def check_adapter_folder(path: str | os.PathLike, subfolder: str | None = None) -> None:
+    """Check the weights of the adapter in `path` (or its `subfolder`) if that is a local folder
+    (`check_adapter_weights`); a Hub id is not one, and is left to PEFT."""
+    folder = os.path.join(path, subfolder or "")
+    if os.path.isdir(folder):
+        check_adapter_weights(folder)
+
+
 def check_adapter_weights(folder: str) -> None:
     """Raise a clear error if `folder` has no readable `adapter_model.safetensors`.
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ..tuner.architectures import ARCHITECTURES, STRUCTURES, split_module_name
 from ..tuner.config import INITS, MODES
+from ..tuner.stores import DOWN, EXPERTS, ROLES, UP, filled_stores
 from .checkpoint import ADAPTER_WEIGHTS, GrowCheckpointError, check_adapter_weights
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -30,7 +31,6 @@ def format_indices(indices: list[int] | tuple[int, ...]) -> str:
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
-GROW_KINDS = ("new_weight", "new_bias", "delta_weight", "delta_bias", "noise", "new_down_weight")
 _STATE_PREFIX = "base_model.model."
 
 
@@ -114,10 +114,10 @@ def _role_patterns(config: dict) -> list[tuple[str, str, int]]:
     """(regex, role, fused chunks) from the config's up/down_modules, else from every known architecture."""
     if config.get("up_modules") and config.get("down_modules"):
         chunks = config.get("fused_up_chunks") or 1
-        return [(p, "up", chunks) for p in config["up_modules"]] + [(p, "down", 1) for p in config["down_modules"]]
+        return [(p, UP, chunks) for p in config["up_modules"]] + [(p, DOWN, 1) for p in config["down_modules"]]
     patterns = []
     for layout in (*ARCHITECTURES.values(), *STRUCTURES):  # table lines, then the shapes detected by name
-        patterns += [(p, "up", layout.fused_up_chunks) for p in layout.up] + [(p, "down", 1) for p in layout.down]
+        patterns += [(p, UP, layout.fused_up_chunks) for p in layout.up] + [(p, DOWN, 1) for p in layout.down]
     return patterns
 
 
@@ -141,25 +141,65 @@ def _tensor_module(name: str, targets: list[str]) -> tuple[str | None, str]:
     return (matches[0] if len(matches) == 1 else None), kind
 
 
-def _expected_kinds(role: str, mode: str, init: str, noise: bool) -> tuple[set[str], set[str]]:
-    """(required, allowed) grow tensor kinds of one module, from what GrowUpLayer / GrowDownLayer /
-    GrowExpertsLayer (both sides in one module: the down side's tensors are new_down_weight and noise) save."""
-    if role == "experts":
-        up_required, up_allowed = _expected_kinds("up", mode, init, noise)
-        down_required, down_allowed = _expected_kinds("down", mode, init, noise)
-        rename = {"new_weight": "new_down_weight"}
-        return (
-            up_required | {rename.get(kind, kind) for kind in down_required},
-            up_allowed | {rename.get(kind, kind) for kind in down_allowed},
+@dataclass(frozen=True)
+class _Settings:
+    """The config fields that decide which tensors each grown module holds, as read (possibly invalid)."""
+
+    k: object
+    mode: object
+    init: object
+    noise: bool  # G-Train from copies with symmetry noise: the down projection stores grow_noise
+
+    @property
+    def valid_k(self) -> bool:
+        return isinstance(self.k, int) and not isinstance(self.k, bool) and self.k >= 2
+
+    @property
+    def known(self) -> bool:
+        """Whether mode and init are valid, so that the expected tensors are known."""
+        return self.mode in MODES and self.init in INITS
+
+    @property
+    def label(self) -> str:
+        return f"mode={self.mode!r}, init={self.init!r}"
+
+    def expected_kinds(self, role: str) -> tuple[set[str], set[str]]:
+        """(required, allowed) grow tensor kinds of a module of `role`: the stores its layer fills without and with
+        a bias on the up side (`filled_stores`); the adapter does not record whether the base has one."""
+        required, allowed = (
+            {_kind(store) for store in filled_stores(role, self.mode, self.init, noise=self.noise, bias=bias)}
+            for bias in (False, True)
         )
-    if role == "up":
-        required = {"new_weight"} | ({"delta_weight"} if mode == "train" else set())
-        allowed = required | {"new_bias"} | ({"delta_bias"} if mode == "train" else set())
         return required, allowed
-    if mode == "freeze" or init == "zero":
-        return {"new_weight"}, {"new_weight"}
-    required = {"noise"} if noise else set()  # G-Train from copies: the down projection is frozen
-    return required, required
+
+
+@dataclass
+class _GrownModules:
+    """The grown modules by role: MLPs by layer (up-side and down projections), and fused experts modules."""
+
+    mlps: dict[tuple[str, int], list[str]] = field(default_factory=lambda: defaultdict(list))
+    chunks: dict[str, int] = field(default_factory=dict)  # up-side / down projection -> fused up chunks
+    experts: set[str] = field(default_factory=set)
+
+    def layers(self) -> set[tuple[str, int]]:
+        """(layer stack, index) of every grown layer, experts included."""
+        experts = (split_module_name(module) for module in self.experts)
+        return set(self.mlps) | {(split[0], split[1]) for split in experts if split is not None}
+
+
+def _kind(store: str) -> str:
+    """The tensor kind a layer store saves under: grow_new_weight -> new_weight."""
+    return store.removeprefix("grow_")
+
+
+#: every grow tensor kind that some grown layer saves for some settings
+GROW_KINDS = frozenset(
+    _kind(store)
+    for role in ROLES
+    for mode in MODES
+    for init in INITS
+    for store in filled_stores(role, mode, init, noise=True, bias=True)
+)
 
 
 def check_adapter(report: AdapterReport) -> None:
@@ -175,120 +215,147 @@ def check_adapter(report: AdapterReport) -> None:
     GPT-2 Conv1D ([in, out]) layouts are both accepted. G-Freeze files hold only the new blocks, so there k is
     checked by divisibility by k-1 alone.
     """
-    config, problems = report.config, report.problems
+    settings = _read_settings(report.config, report.problems)
+    targets = _read_targets(report.config, report.problems)
+    modules = _assign_roles(report, targets)
+    tensors = _tensors_by_module(report, targets)
+    if not settings.known:
+        return
+    _check_mlps(report, modules, tensors, settings)
+    _check_experts(report, modules.experts, tensors, settings)
+    _check_layers(report.config, modules.layers(), report.problems)
+    if settings.mode == "freeze" and settings.valid_k and settings.k > 2:
+        report.notes.append(
+            "G-Freeze files hold only the new blocks, so k is checked by divisibility by k-1 (their width is "
+            "(k-1)*p with p unknown without the base model)."
+        )
+
+
+def _read_settings(config: dict, problems: list[str]) -> _Settings:
+    """peft_type, k, mode and init, each reported if invalid."""
     peft_type = config.get("peft_type")
     if peft_type != "GROW":
         problems.append(f"peft_type is {peft_type!r}, expected 'GROW': this is not a peft-grow adapter config.")
     k, mode, init = config.get("k"), config.get("mode", "freeze"), config.get("init", "copy")
-    valid_k = isinstance(k, int) and not isinstance(k, bool) and k >= 2
-    if not valid_k:
+    noise = bool(config.get("symmetry_noise")) and mode == "train" and init == "copy"
+    settings = _Settings(k=k, mode=mode, init=init, noise=noise)
+    if not settings.valid_k:
         problems.append(f"k is {k!r}, expected an integer >= 2.")
     if mode not in MODES:
         problems.append(f"mode is {mode!r}, expected one of {MODES}.")
     if init not in INITS:
         problems.append(f"init is {init!r}, expected one of {INITS}.")
+    return settings
+
+
+def _read_targets(config: dict, problems: list[str]) -> list[str]:
+    """target_modules, or [] (reported) when it is not a non-empty list of names."""
     targets = config.get("target_modules")
     if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
         problems.append(
             f"target_modules is {targets!r}, expected the list of grown modules that save_pretrained writes."
         )
-        targets = []
+        return []
+    return targets
 
-    patterns = _role_patterns(config)
-    chunks_of: dict[str, int] = {}
-    groups: dict[tuple[str, int], list[str]] = defaultdict(list)
-    experts = {_tensor_module(info.name, targets)[0] for info in report.tensors if len(info.shape) == 3} - {None}
+
+def _assign_roles(report: AdapterReport, targets: list[str]) -> _GrownModules:
+    """The role of every target module (fused experts modules hold 3-D tensors), recorded in `report.roles`."""
+    patterns = _role_patterns(report.config)
+    modules = _GrownModules()
+    modules.experts = {_tensor_module(info.name, targets)[0] for info in report.tensors if len(info.shape) == 3}
+    modules.experts.discard(None)
     for target in targets:
-        if target in experts:  # a fused experts module: 3-D tensors, up and down side in one module
-            report.roles[target] = "experts"
+        if target in modules.experts:  # a fused experts module: 3-D tensors, up and down side in one module
+            report.roles[target] = EXPERTS
             continue
         found = _role(target, patterns)
         if found is None:
             report.roles[target] = "?"
-            problems.append(
+            report.problems.append(
                 f"{target} is not an up-side or down projection of any known architecture, and the config names no "
                 "up_modules/down_modules that match it."
             )
             continue
-        report.roles[target], chunks_of[target] = found
+        report.roles[target], modules.chunks[target] = found
         stack, index, _ = split_module_name(target)
-        groups[(stack, index)].append(target)
+        modules.mlps[(stack, index)].append(target)
+    return modules
 
-    per_module: dict[str, dict[str, TensorInfo]] = defaultdict(dict)
-    allow_extra = bool(config.get("modules_to_save") or config.get("trainable_token_indices"))
+
+def _tensors_by_module(report: AdapterReport, targets: list[str]) -> dict[str, dict[str, TensorInfo]]:
+    """target module -> grow tensor kind -> tensor; tensors that fit nowhere are reported (or, with
+    modules_to_save or trainable tokens, listed as extra)."""
+    tensors: dict[str, dict[str, TensorInfo]] = defaultdict(dict)
+    allow_extra = bool(report.config.get("modules_to_save") or report.config.get("trainable_token_indices"))
     for info in report.tensors:
         if ".grow_" not in info.name:
             if allow_extra:
                 report.extra_tensors.append(info.name)
             else:
-                problems.append(
+                report.problems.append(
                     f"{info.name} is not a grow tensor (its name lacks '.grow_') and the config saves no "
                     "modules_to_save or trainable tokens."
                 )
             continue
         module, kind = _tensor_module(info.name, targets)
         if kind not in GROW_KINDS:
-            problems.append(f"{info.name}: unknown grow tensor kind 'grow_{kind}'.")
+            report.problems.append(f"{info.name}: unknown grow tensor kind 'grow_{kind}'.")
         elif module is None:
-            problems.append(f"{info.name} belongs to no module listed in target_modules.")
-        elif kind in per_module[module]:
-            problems.append(f"{info.name}: a second grow_{kind} tensor for {module}.")
+            report.problems.append(f"{info.name} belongs to no module listed in target_modules.")
+        elif kind in tensors[module]:
+            report.problems.append(f"{info.name}: a second grow_{kind} tensor for {module}.")
         else:
-            per_module[module][kind] = info
+            tensors[module][kind] = info
+    return tensors
 
-    if mode not in MODES or init not in INITS:
-        return
-    noise = bool(config.get("symmetry_noise")) and mode == "train" and init == "copy"
-    for (stack, index), members in sorted(groups.items()):
+
+def _check_kinds(
+    module: str, role: str, present: set[str], settings: _Settings, label: str, problems: list[str]
+) -> bool:
+    """Report the grow tensors that `module` lacks or should not have; True when none it requires is missing."""
+    required, allowed = settings.expected_kinds(role)
+    problems.extend(f"{module} lacks grow_{kind}, which {label} requires." for kind in sorted(required - present))
+    problems.extend(f"{module} has grow_{kind}, which {label} does not produce." for kind in sorted(present - allowed))
+    return required <= present
+
+
+def _check_mlps(
+    report: AdapterReport, modules: _GrownModules, tensors: dict[str, dict[str, TensorInfo]], settings: _Settings
+) -> None:
+    """Per grown MLP: up-side projections and one down projection, each with its tensors, whose shapes agree."""
+    problems = report.problems
+    label = settings.label + (", symmetry_noise" if settings.noise else "")
+    for (stack, index), members in sorted(modules.mlps.items()):
         where = f"layer {index} of {stack}"
-        ups = [m for m in members if report.roles[m] == "up"]
-        downs = [m for m in members if report.roles[m] == "down"]
+        ups = [m for m in members if report.roles[m] == UP]
+        downs = [m for m in members if report.roles[m] == DOWN]
         if not ups or len(downs) != 1:
             problems.append(f"{where}: expected up-side projections and one down projection, found {sorted(members)}.")
             continue
         complete = True
         for module in members:
-            required, allowed = _expected_kinds(report.roles[module], mode, init, noise)
-            present = set(per_module[module])
-            label = f"mode={mode!r}, init={init!r}" + (", symmetry_noise" if noise else "")
-            for kind in sorted(required - present):
-                complete = False
-                problems.append(f"{module} lacks grow_{kind}, which {label} requires.")
-            for kind in sorted(present - allowed):
-                problems.append(f"{module} has grow_{kind}, which {label} does not produce.")
+            present = set(tensors[module])
+            complete &= _check_kinds(module, report.roles[module], present, settings, label, problems)
             if (
-                mode == "train"
-                and report.roles[module] == "up"
+                settings.mode == "train"
+                and report.roles[module] == UP
                 and ("new_bias" in present) != ("delta_bias" in present)
             ):
                 problems.append(f"{module}: grow_new_bias and grow_delta_bias come together (a biased up side).")
-        if complete and valid_k:
-            issues = _shape_issues(ups, downs[0], per_module, chunks_of, k)
+        if complete and settings.valid_k:
+            issues = _shape_issues(ups, downs[0], tensors, modules.chunks, settings.k)
             problems.extend(f"{where}: {issue}" for issue in issues)
-    for module in sorted(experts):
-        required, allowed = _expected_kinds("experts", mode, init, noise)
-        present = set(per_module[module])
-        problems.extend(
-            f"{module} lacks grow_{kind}, which mode={mode!r}, init={init!r} requires."
-            for kind in sorted(required - present)
-        )
-        problems.extend(
-            f"{module} has grow_{kind}, which mode={mode!r}, init={init!r} does not produce."
-            for kind in sorted(present - allowed)
-        )
-        if valid_k and required <= present:
-            problems.extend(f"{module}: {issue}" for issue in _experts_shape_issues(per_module[module], k))
 
-    for module in experts:
-        split = split_module_name(module)
-        if split is not None:
-            groups[(split[0], split[1])].append(module)
-    _check_layers(config, groups, problems)
-    if mode == "freeze" and valid_k and k > 2:
-        report.notes.append(
-            "G-Freeze files hold only the new blocks, so k is checked by divisibility by k-1 (their width is "
-            "(k-1)*p with p unknown without the base model)."
-        )
+
+def _check_experts(
+    report: AdapterReport, experts: set[str], tensors: dict[str, dict[str, TensorInfo]], settings: _Settings
+) -> None:
+    """Per fused experts module: the tensors of both sides, whose shapes agree."""
+    for module in sorted(experts):
+        complete = _check_kinds(module, EXPERTS, set(tensors[module]), settings, settings.label, report.problems)
+        if settings.valid_k and complete:
+            report.problems.extend(f"{module}: {issue}" for issue in _experts_shape_issues(tensors[module], settings.k))
 
 
 def _experts_shape_issues(tensors: dict[str, TensorInfo], k: int) -> list[str]:
@@ -400,17 +467,18 @@ def _shape_issues_in_layout(ups, down, tensors, chunks_of, k, conv1d: bool) -> l
     return issues
 
 
-def _check_layers(config: dict, groups: dict[tuple[str, int], list[str]], problems: list[str]) -> None:
-    """target_modules against `layers`, where the config's indices can be checked (non-negative)."""
+def _check_layers(config: dict, grown: set[tuple[str, int]], problems: list[str]) -> None:
+    """target_modules (their layers: (stack, index)) against `layers`, where the config's indices can be checked
+    (non-negative)."""
     layers = config.get("layers")
     if isinstance(layers, int) and not isinstance(layers, bool):
         layers = [layers]
-    if not isinstance(layers, list) or not groups or not all(isinstance(i, int) and i >= 0 for i in layers):
+    if not isinstance(layers, list) or not grown or not all(isinstance(i, int) and i >= 0 for i in layers):
         return
-    grown = {index for _, index in groups}
-    outside = sorted(grown - set(layers))
+    indices = {index for _, index in grown}
+    outside = sorted(indices - set(layers))
     if outside:
         problems.append(f"target_modules grow layers {format_indices(outside)}, which layers={layers} does not list.")
-    missing = sorted(set(layers) - grown)
+    missing = sorted(set(layers) - indices)
     if missing and not config.get("exclude_modules"):
         problems.append(f"layers={layers} lists {format_indices(missing)}, but no module of those layers is grown.")

@@ -1,10 +1,17 @@
 """The GROW tuner: what would go into PEFT as `src/peft/tuners/grow/`.
 
-`config.py` (GrowConfig), `layer.py` (the grown projections), `experts.py` (grown mixture-of-experts modules),
-`model.py` (GrowModel: find, wrap, merge, unload), `architectures.py` (where each architecture's MLP is),
-`checking.py` (the numerical check that growth preserves the function), `merged.py` (the merged model's config),
-`tensors.py` (weight layouts), `_fast_paths.py` (decode fast paths) and `_peft_registry.py` (the one place that
-touches PEFT internals). Importing this package registers GROW with PEFT.
+- `config.py`: GrowConfig, the adapter's settings and their validation.
+- `layer.py`: the grown projections (GrowUpLayer, GrowDownLayer); a diagram of what growth does to W_up and
+  W_down heads the module. `_fast_paths.py`: their decode fast paths. `stores.py`: which tensors each layer
+  fills for a mode and init (also read by `peft-grow inspect`).
+- `experts.py`: grown mixture-of-experts modules (3-D expert weights).
+- `model.py`: GrowModel, the BaseTuner that finds the MLPs, wraps them, merges and unloads.
+- `architectures.py`: where each architecture's MLP is (`ARCHITECTURES`, `STRUCTURES`, `find_mlps`).
+- `checking.py`: the numerical check that growth preserves the function. `merged.py`: the merged model's
+  config. `tensors.py`: weight layouts (nn.Linear, Conv1D). `quantization.py`: bitsandbytes bases and refusals.
+- `_peft_registry.py`: the one place that touches PEFT internals.
+
+Importing this package registers GROW with PEFT.
 """
 
 from ._peft_registry import PeftRegistrationError, register_grow_method

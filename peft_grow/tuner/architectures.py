@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from .quantization import unsupported_quantization
 from .tensors import PROJECTIONS, linear_shape
 
 ANY_STACK = r".+"  # any layer list
@@ -162,8 +163,6 @@ def split_module_name(name: str) -> tuple[str, int, str] | None:
 
 def _projections(model: nn.Module) -> dict[str, nn.Module]:
     """Every Linear/Conv1D by name, seen through tuner wrappers (a wrapped module counts as its base layer)."""
-    from .layer import unsupported_quantization  # the layers import this module
-
     found = {}
     for name, module in model.named_modules():
         if name.endswith(".base_layer") or ".base_layer." in name:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Literal
@@ -119,32 +118,48 @@ class GrowConfig(PeftConfig):
         self._validate()
 
     def _validate(self) -> None:
-        if isinstance(self.layers, bool) or not (
-            self.layers is None
-            or isinstance(self.layers, int)
-            or (isinstance(self.layers, (list, tuple)) and all(_is_int(i) for i in self.layers))
+        """Check every field, normalising the shorthand forms (an int for `layers`, a string for a module list)."""
+        self._validate_layers()
+        self._validate_growth()
+        self._validate_symmetry_noise()
+        self._validate_mlp_modules()
+        self._validate_fused_up_chunks()
+        self._warn_if_noise_has_no_effect()
+
+    def _validate_layers(self) -> None:
+        """None, or a non-empty list of distinct ints (an int or a tuple becomes a list)."""
+        layers = self.layers
+        if isinstance(layers, bool) or not (
+            layers is None
+            or isinstance(layers, int)
+            or (isinstance(layers, (list, tuple)) and all(_is_int(i) for i in layers))
         ):
-            raise ValueError(
-                f"GrowConfig.layers must be None (all layers), an int or a list of ints, got {self.layers!r}."
-            )
-        if isinstance(self.layers, int):
-            self.layers = [self.layers]
-        if self.layers is not None:
-            self.layers = list(self.layers)
-            if not self.layers:
-                raise ValueError("GrowConfig.layers is an empty list; pass None to grow every layer.")
-            if len(set(self.layers)) != len(self.layers):
-                raise ValueError(f"GrowConfig.layers has repeated indices: {self.layers}; list each layer once.")
+            raise ValueError(f"GrowConfig.layers must be None (all layers), an int or a list of ints, got {layers!r}.")
+        if layers is None:
+            return
+        self.layers = [layers] if isinstance(layers, int) else list(layers)
+        if not self.layers:
+            raise ValueError("GrowConfig.layers is an empty list; pass None to grow every layer.")
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"GrowConfig.layers has repeated indices: {self.layers}; list each layer once.")
+
+    def _validate_growth(self) -> None:
+        """k, mode and init."""
         if not _is_int(self.k) or self.k < 2:
             raise ValueError(f"GrowConfig.k must be an integer >= 2 (the width becomes k*p), got {self.k!r}.")
         if self.mode not in MODES:
             raise ValueError(f"GrowConfig.mode must be one of {MODES}, got {self.mode!r}.")
         if self.init not in INITS:
             raise ValueError(f"GrowConfig.init must be one of {INITS}, got {self.init!r}.")
+
+    def _validate_symmetry_noise(self) -> None:
         if isinstance(self.symmetry_noise, bool) or not isinstance(self.symmetry_noise, (int, float)):
             raise ValueError(f"GrowConfig.symmetry_noise must be a number >= 0, got {self.symmetry_noise!r}.")
         if not self.symmetry_noise >= 0:
             raise ValueError(f"GrowConfig.symmetry_noise must be >= 0, got {self.symmetry_noise!r}.")
+
+    def _validate_mlp_modules(self) -> None:
+        """up_modules and down_modules: both or neither, each a non-empty list of strings (a string becomes one)."""
         if (self.up_modules is None) != (self.down_modules is None):
             raise ValueError(
                 "GrowConfig.up_modules and down_modules go together: got "
@@ -156,19 +171,24 @@ class GrowConfig(PeftConfig):
                 setattr(self, name, [value])
             elif value is not None and (not value or not all(isinstance(v, str) for v in value)):
                 raise ValueError(f"GrowConfig.{name} must be a non-empty list of strings, got {value!r}.")
-        if self.fused_up_chunks is not None:
-            if self.up_modules is None:
-                raise ValueError(
-                    "GrowConfig.fused_up_chunks only applies with up_modules/down_modules; auto-detected "
-                    "architectures know their own layout."
-                )
-            if not _is_int(self.fused_up_chunks) or self.fused_up_chunks < 1:
-                raise ValueError(f"GrowConfig.fused_up_chunks must be an int >= 1, got {self.fused_up_chunks!r}.")
+
+    def _validate_fused_up_chunks(self) -> None:
+        if self.fused_up_chunks is None:
+            return
+        if self.up_modules is None:
+            raise ValueError(
+                "GrowConfig.fused_up_chunks only applies with up_modules/down_modules; auto-detected "
+                "architectures know their own layout."
+            )
+        if not _is_int(self.fused_up_chunks) or self.fused_up_chunks < 1:
+            raise ValueError(f"GrowConfig.fused_up_chunks must be an int >= 1, got {self.fused_up_chunks!r}.")
+
+    def _warn_if_noise_has_no_effect(self) -> None:
         if self.symmetry_noise > 0 and not self.has_equal_down_blocks:
             warnings.warn(
                 f"GrowConfig.symmetry_noise={self.symmetry_noise} has no effect with mode={self.mode!r}, "
                 f"init={self.init!r}, k={self.k}: no trained copies start out equal there.",
-                stacklevel=3,
+                stacklevel=4,  # the caller of GrowConfig(...)
             )
 
     @property
@@ -192,9 +212,10 @@ class GrowConfig(PeftConfig):
 
         PeftModel.save_pretrained writes its model card before the config, so the card is already there to update.
         """
-        super().save_pretrained(save_directory, **kwargs)
+        # PEFT's only hook at save time after the model card is written (imported here: peft_grow.io imports the tuner)
         from ..io.cards import write_adapter_card
 
+        super().save_pretrained(save_directory, **kwargs)
         write_adapter_card(save_directory, self)
 
     @classmethod
@@ -204,12 +225,11 @@ class GrowConfig(PeftConfig):
         PEFT loads the weights right after the config, and a truncated or corrupt file would otherwise surface
         as a bare deserialisation error.
         """
-        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        folder = os.path.join(pretrained_model_name_or_path, subfolder or "")
-        if os.path.isdir(folder):
-            from ..io.checkpoint import check_adapter_weights
+        # PEFT's only hook between reading adapter_config.json and reading the weights (imported here, as above)
+        from ..io.checkpoint import check_adapter_folder
 
-            check_adapter_weights(folder)
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        check_adapter_folder(pretrained_model_name_or_path, subfolder)
         return config
 
 

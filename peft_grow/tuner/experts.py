@@ -27,6 +27,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .layer import GrowLayer, GrowSettings, zero_sum_noise
+from .stores import EXPERTS, filled_stores
 from .tensors import interleave
 
 DECORATOR_ATTRIBUTES = ("has_gate", "has_bias", "is_transposed", "is_concatenated")
@@ -131,6 +132,8 @@ def initial_parts(module: nn.Module, layout: ExpertsLayout, config, generator=No
     experts, rows, hidden = up.shape
     c, k, copies = layout.chunks, config.k, config.k - 1
     p = rows // c
+    stores = filled_stores(EXPERTS, config.mode, config.init, noise=config.symmetry_noise > 0, bias=layout.bias)
+    fills = {argument for argument, store in STORES.items() if store in stores}
     parts = {}
     if config.init == "copy":
         copied = up.reshape(experts, c, 1, p, hidden).expand(-1, -1, copies, -1, -1)
@@ -139,24 +142,25 @@ def initial_parts(module: nn.Module, layout: ExpertsLayout, config, generator=No
         device = "cpu" if generator is not None else up.device  # a seeded generator draws on the CPU
         fresh = torch.randn(experts, c * copies * p, hidden, generator=generator, dtype=torch.float32, device=device)
         parts["new_up"] = (fresh * up.float().std()).to(device=up.device, dtype=up.dtype)
-    if layout.bias:
+    if "new_up_bias" in fills:
         bias = getattr(module, layout.up_bias).detach()
         if config.init == "copy":
             parts["new_up_bias"] = bias.reshape(experts, c, 1, p).expand(-1, -1, copies, -1).reshape(experts, -1)
         else:
             parts["new_up_bias"] = bias.new_zeros(experts, c * copies * p)
-    if config.mode == "train":
+    if "delta_up" in fills:  # G-Train: the original rows train through a zero-initialised delta
         parts["delta_up"] = torch.zeros_like(up)
-        if layout.bias:
-            parts["delta_up_bias"] = torch.zeros_like(getattr(module, layout.up_bias))
+    if "delta_up_bias" in fills:
+        parts["delta_up_bias"] = torch.zeros_like(getattr(module, layout.up_bias))
     block = down / k
-    if config.init == "zero":  # new columns start at zero and train in either mode
-        parts["new_down"] = torch.zeros_like(down).repeat(1, 1, copies)
-    elif config.mode == "freeze":
-        parts["new_down"] = block.repeat(1, 1, copies)
-        if config.symmetry_noise > 0 and k >= 3:  # the k-1 trained copies start equal
-            parts["new_down"] = parts["new_down"] + _noise(block, copies, config.symmetry_noise)
-    elif config.symmetry_noise > 0:  # G-Train: all k frozen blocks are equal
+    if "new_down" in fills:
+        if config.init == "zero":  # new columns start at zero and train in either mode
+            parts["new_down"] = torch.zeros_like(down).repeat(1, 1, copies)
+        else:
+            parts["new_down"] = block.repeat(1, 1, copies)
+            if config.symmetry_noise > 0 and k >= 3:  # the k-1 trained copies start equal
+                parts["new_down"] = parts["new_down"] + _noise(block, copies, config.symmetry_noise)
+    if "noise" in fills:  # G-Train: all k frozen blocks are equal
         parts["noise"] = _noise(block, k, config.symmetry_noise)
     return parts
 
@@ -207,12 +211,9 @@ class GrowExpertsLayer(nn.Module, GrowLayer):
                     self.grow_noise[adapter_name] = tensor.contiguous()
                 else:
                     getattr(self, STORES[argument])[adapter_name] = nn.Parameter(tensor.contiguous().clone())
-        self.grow_settings[adapter_name] = GrowSettings(config.k, config.mode, config.init, self.layout.chunks)
-        if not config.init_weights:
-            down = _canonical(base.down_proj, self.layout.transposed)
-            self._perturb(adapter_name, 0.1 * down.detach().float().std() / config.k)
-        self._move_adapter_to_device_of_base_layer(adapter_name)
-        self.set_adapter(self.active_adapters)
+        settings = GrowSettings(config.k, config.mode, config.init, self.layout.chunks)
+        down = _canonical(base.down_proj, self.layout.transposed)
+        self._finish_update(adapter_name, settings, config, lambda: 0.1 * down.detach().float().std() / config.k)
 
     def _grown_tensors(self, name: str) -> dict[str, torch.Tensor]:
         stores = {argument: getattr(self, store) for argument, store in STORES.items()}
@@ -221,6 +222,8 @@ class GrowExpertsLayer(nn.Module, GrowLayer):
         return grown_tensors(self.get_base_layer(), self.layout, self.grow_settings[name], **parts)
 
     def forward(self, *args, **kwargs):
+        """The experts module's own forward on the wide tensors (GrowLayer's head reads one weight and one input;
+        an experts module takes several, positionally or by name, and they pass through as they come)."""
         name = self._active_grown()
         if name is None:
             return self.base_layer(*args, **kwargs)

@@ -1,22 +1,41 @@
 """Tuner layers that widen an MLP k times without changing its function at initialisation.
 
-`GrowUpLayer` wraps an up-side projection (h -> c*p, c = 2 for a fused gate/up module): its output gains
-k-1 copies of each of its c chunks, laid out `[chunk 0 | its copies | chunk 1 | its copies ...]` so that a
-model splitting the output with `chunk(c)` still pairs gate with gate and up with up. `GrowDownLayer`
-wraps the down projection (p -> h) and takes the k*p-wide input; block j of its columns is W_down / k.
-Both wrap `nn.Linear` or GPT-2's `Conv1D` (weight stored transposed) and compute new parts with the same
-arithmetic as the base module, so that k=2 in bfloat16 reproduces the base model bit for bit.
+Growth by k, in nn.Linear's layout ([out, in]; GPT-2's Conv1D stores the transpose), with c = 2 chunks (gate, up)
+for a fused up-side module that the model splits with `chunk(2)` and c = 1 otherwise:
 
-The base layer is never modified while an adapter is active: G-Train trains a zero-initialised delta on
-the original rows, and merging widens the base layer in place but keeps the original tensors to restore.
+    GrowUpLayer, h -> c*k*p                     GrowDownLayer, k*p -> h: column block j reads x_j
+                                                          x_0          x_1                x_{k-1}
+             +-----+                                +------------+------------+-----+------------+
+    chunk 0  | W_0 |  original rows (base layer)    |  W_down/k  |  W_down/k  | ... |  W_down/k  |  + b, once
+             | W_0 |  copy 1                        +------------+------------+-----+------------+
+             | ... |                                   base layer    new columns: k-1 blocks
+             | W_0 |  copy k-1
+    chunk 1  | W_1 |  original rows
+             | ... |  copy 1 ... copy k-1
+             +-----+
+    output [chunk 0 | its copies | chunk 1 | its copies], so that `chunk(c)` still pairs gate with gate
 
-Decoding calls every grown layer once per token on a handful of rows, where the cost is Python and operator
-dispatch rather than arithmetic: the forwards read each tensor once and apply the base layer's arithmetic
-(`project`) instead of calling its module, unless the module has hooks or a forward of its own.
+                 W_up: original rows    copies (+ bias)      W_down: block 0     blocks 1..k-1
+    G-Freeze     frozen                 trained              frozen              trained
+    G-Train      trained, as W + delta  trained              frozen              frozen: W_down applied to mean_j x_j
+    init="zero"  (as the mode)          fresh, bias 0        W_down, not / k     zeros, trained in either mode
+
+With copied rows the k activation blocks are equal and the k column blocks add up to W_down; with init="zero" the
+new columns start at 0: either way the grown MLP starts out computing the original function. `GrowSettings.share`
+is block 0's weight (1/k, or 1 for init="zero"), `mean_down` the G-Train shortcut. With symmetry_noise, the down
+blocks that start equal get a perturbation whose blocks sum to zero: G-Freeze's k-1 trained blocks (k >= 3), or
+G-Train's k frozen ones (a saved buffer, `grow_noise`).
+
+The new parts are computed with the same arithmetic as the base module (`project`), so that k=2 in bfloat16
+reproduces the base model bit for bit. The base layer is never modified while an adapter is active: G-Train
+trains a zero-initialised delta on the original rows, and merging widens the base layer in place but keeps the
+original tensors to restore. The forwards' decode fast paths are in `_fast_paths`, the quantized and refused
+weights in `quantization`, and mixture-of-experts modules in `experts`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +44,19 @@ from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
-from .tensors import BNB_WEIGHTS, PROJECTIONS, interleave, is_conv1d, linear_layout, linear_shape, set_projection
+from . import _fast_paths
+from ._fast_paths import autocasting
+from .quantization import (
+    bnb_dequantized,
+    dequantized_linear,
+    is_bnb_quantized,
+    quantized_compute_dtype,
+    refuse_offloaded,
+    refuse_partitioned,
+    refuse_unsupported_quantization,
+)
+from .stores import DOWN, UP, filled_stores
+from .tensors import PROJECTIONS, interleave, is_conv1d, linear_layout, linear_shape, set_projection
 
 
 @dataclass(frozen=True)
@@ -59,12 +90,6 @@ def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, co
     flat = x.reshape(-1, x.shape[-1])
     out = torch.addmm(bias, flat, weight) if bias is not None else flat @ weight
     return out.view(*x.shape[:-1], out.shape[-1])
-
-
-def autocasting(x: torch.Tensor) -> bool:
-    """Whether autocast is on for x's device (never for a device autocast does not know, such as meta)."""
-    device = x.device.type
-    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
 
 
 def matmul_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -163,44 +188,27 @@ class GrowLayer(BaseTunerLayer):
         if value is not None:
             store[adapter_name] = nn.Parameter(value.detach().clone())
 
-    def _active_parts(
-        self, name: str, x: torch.Tensor
-    ) -> tuple[nn.Module, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """(base layer, its weight, its bias, new weight) for the active adapter `name`, for a forward on `x`;
-        meta placeholders among the weights are refused unless `x` is on the meta device too.
-
-        `base_layer` is the nn.Linear / Conv1D itself (checked in __init__), and all are read from the modules' own
-        dicts: through nn.Module.__getattr__ and ParameterDict.__getitem__ each lookup costs a sizeable share of
-        dispatching a small matmul, and decoding pays them for every grown layer at every token.
-        """
-        modules = self._modules
-        base = modules["base_layer"]
-        params = base._parameters
-        weight, new_weight = params["weight"], modules["grow_new_weight"]._parameters.get(name)
-        if weight.is_meta or (new_weight is not None and new_weight.is_meta):
-            self._refuse_placeholders(x, weight)
-        return base, weight, params.get("bias"), new_weight
-
-    @staticmethod
-    def _is_bare(base: nn.Module) -> bool:
-        """Whether the wrapped module's arithmetic may be applied without calling it: a plain nn.Linear / Conv1D
-        without hooks. One with hooks (accelerate's offloading) or a subclass with its own forward must be called."""
-        return type(base) in PROJECTIONS and not (
-            base._forward_hooks or base._forward_pre_hooks or "_hf_hook" in base.__dict__
-        )
-
-    @staticmethod
-    def _refuse_placeholders(x: torch.Tensor, weight: torch.Tensor) -> None:
-        """Called when a weight is on the meta device: raise unless the input is too (a forward on the meta device,
-        for shape inference, is fine). Mixed with real inputs, F.linear and out= matmuls return uninitialised
-        memory rather than fail; accelerate's offloading leaves such placeholders."""
-        if not x.is_meta:
-            raise RuntimeError(
-                f"A grown layer over a weight of shape {tuple(weight.shape)} holds meta placeholders instead of "
-                "weights, as accelerate's offloading leaves them. " + OFFLOADING_UNSUPPORTED
-            )
-
     # -- adapters --
+    def _finish_update(
+        self, adapter_name: str, settings: GrowSettings, config, perturbation: Callable[[], torch.Tensor]
+    ) -> None:
+        """The tail of every update_layer, once the new tensors are stored: record `settings`; for init_weights=False
+        add noise of std `perturbation()` (computed only then) to the trained tensors; move the new tensors to the
+        base layer's device; keep the active adapter active."""
+        self.grow_settings[adapter_name] = settings
+        if not config.init_weights:
+            self._perturb(adapter_name, perturbation())
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters)
+
+    def _perturb(self, adapter_name: str, scale: torch.Tensor) -> None:
+        """init_weights=False: move every trained tensor off its function-preserving start."""
+        with torch.no_grad():
+            for store_name in self.adapter_layer_names:
+                store = getattr(self, store_name)
+                if adapter_name in store:
+                    store[adapter_name].add_(torch.randn_like(store[adapter_name]) * scale)
+
     def set_adapter(self, adapter_names: str | list[str], inference_mode: bool = False) -> None:
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         if len(names) > 1:
@@ -209,6 +217,33 @@ class GrowLayer(BaseTunerLayer):
                 "Activate one with set_adapter(name)."
             )
         super().set_adapter(names, inference_mode=inference_mode)
+
+    # -- forward: the head shared by the up-side and down layers, which compute the rest in _grown_forward --
+    _active_parts = _fast_paths.active_parts  # decode fast paths: see _fast_paths
+    _is_bare = staticmethod(_fast_paths.is_bare)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        name = self._active_grown()
+        if name is None:
+            return self._base_forward(x, *args, **kwargs)
+        base, weight, bias, new_weight = self._active_parts(name, x)
+        # the extra arguments pass as a tuple and a dict: unpacking them again would cost decode more than this call
+        return self._grown_forward(x, name, self.grow_settings[name], base, weight, bias, new_weight, args, kwargs)
+
+    def _grown_forward(
+        self,
+        x: torch.Tensor,
+        name: str,
+        settings: GrowSettings,
+        base: nn.Module,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        new_weight: torch.Tensor | None,
+        args: tuple,
+        kwargs: dict,
+    ) -> torch.Tensor:
+        """The output with adapter `name` applied unmerged, from the tensors `_active_parts` read."""
+        raise NotImplementedError
 
     def _base_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """The wrapped layer alone. A quantized layer merged into a plain one computes in the quantized layer's
@@ -232,14 +267,6 @@ class GrowLayer(BaseTunerLayer):
         active = self.active_adapter  # a name, or a list of at most one (set_adapter refuses more)
         name = active if isinstance(active, str) else next(iter(active), None)
         return name if name in self.grow_settings else None
-
-    def _perturb(self, adapter_name: str, scale: torch.Tensor) -> None:
-        """init_weights=False: move every trained tensor off its function-preserving start."""
-        with torch.no_grad():
-            for store_name in self.adapter_layer_names:
-                store = getattr(self, store_name)
-                if adapter_name in store:
-                    store[adapter_name].add_(torch.randn_like(store[adapter_name]) * scale)
 
     # -- merging: widen the base layer in place, keep the original tensors for an exact unmerge --
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
@@ -306,9 +333,6 @@ class GrowLayer(BaseTunerLayer):
     def _merged_tensors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
 
-    def __repr__(self) -> str:
-        return "grow." + super().__repr__()
-
 
 class GrowUpLayer(nn.Module, GrowLayer):
     """An up-side projection h -> c*p that outputs c*k*p: the original rows, then k-1 copies, per chunk."""
@@ -324,6 +348,7 @@ class GrowUpLayer(nn.Module, GrowLayer):
         weight = self._linear_weight()  # [c*p, h]
         out_features, h = weight.shape
         p, copies = out_features // chunks, config.k - 1
+        stores = filled_stores(UP, config.mode, config.init, bias=base.bias is not None)
         with torch.no_grad():
             if config.init == "copy":
                 new_weight = weight.reshape(chunks, 1, p, h).expand(chunks, copies, p, h).reshape(-1, h)
@@ -333,24 +358,34 @@ class GrowUpLayer(nn.Module, GrowLayer):
                 new_weight = (new_weight * weight.float().std()).to(weight.dtype)
                 new_bias = None if base.bias is None else torch.zeros_like(base.bias).repeat(copies)
             self._add_parameter(self.grow_new_weight, adapter_name, self._native(new_weight))
-            self._add_parameter(self.grow_new_bias, adapter_name, None if new_bias is None else new_bias.reshape(-1))
-            if config.mode == "train":  # a delta on the original rows keeps the base weight untouched
+            if "grow_new_bias" in stores:
+                self._add_parameter(self.grow_new_bias, adapter_name, new_bias.reshape(-1))
+            if "grow_delta_weight" in stores:  # G-Train: a delta on the original rows keeps the base weight untouched
                 self._add_parameter(self.grow_delta_weight, adapter_name, self._native(torch.zeros_like(weight)))
-                self._add_parameter(
-                    self.grow_delta_bias, adapter_name, None if base.bias is None else torch.zeros_like(base.bias)
-                )
-        self.grow_settings[adapter_name] = settings
-        if not config.init_weights:
-            self._perturb(adapter_name, 0.1 * weight.float().std())
-        self._move_adapter_to_device_of_base_layer(adapter_name)
-        self.set_adapter(self.active_adapters)
+            if "grow_delta_bias" in stores:
+                self._add_parameter(self.grow_delta_bias, adapter_name, torch.zeros_like(base.bias))
+        self._finish_update(adapter_name, settings, config, lambda: 0.1 * weight.float().std())
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        name = self._active_grown()
-        if name is None:
-            return self._base_forward(x, *args, **kwargs)
-        settings = self.grow_settings[name]
-        base, weight, bias, new_weight = self._active_parts(name, x)
+    forward = GrowLayer.forward  # nn.Module's comes first in the bases
+
+    # decode fast paths, with autograd off (_fast_paths)
+    _writes_in_place = _fast_paths.writes_in_place
+    _forward_in_place = _fast_paths.forward_in_place
+
+    def _grown_forward(
+        self,
+        x: torch.Tensor,
+        name: str,
+        settings: GrowSettings,
+        base: nn.Module,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        new_weight: torch.Tensor,
+        args: tuple,
+        kwargs: dict,
+    ) -> torch.Tensor:
+        """The original rows through the base layer's arithmetic (G-Train: W + delta), the new rows through the new
+        weight, interleaved per chunk; written in place on many rows at inference (_fast_paths)."""
         bare = self._is_bare(base)
         if bare and not torch.is_grad_enabled() and self._writes_in_place(x, name, settings, weight, new_weight):
             return self._forward_in_place(x, name, settings, weight, bias, new_weight)
@@ -363,56 +398,6 @@ class GrowUpLayer(nn.Module, GrowLayer):
         new_bias = None if bias is None else self.grow_new_bias[name]
         new = project(matmul_input(x, new_weight.dtype), new_weight, new_bias, self.conv1d)
         return interleave(original, cast(new, original.dtype), settings.chunks, dim=-1)
-
-    def _writes_in_place(
-        self, x: torch.Tensor, name: str, settings: GrowSettings, weight: torch.Tensor, new_weight: torch.Tensor
-    ) -> bool:
-        """Whether to write the output blocks in place (called with autograd off: out= matmuls cannot record it):
-        on enough rows for the saved copy to outweigh the extra operator calls (IN_PLACE_MIN_ROWS), and in one
-        dtype, since autocast does not cast out= calls."""
-        if x.numel() < IN_PLACE_MIN_ROWS * x.shape[-1] or autocasting(x):
-            return False
-        dtype = x.dtype
-        delta = self.grow_delta_weight[name] if settings.mode == "train" else None
-        return weight.dtype == dtype and new_weight.dtype == dtype and (delta is None or delta.dtype == dtype)
-
-    def _forward_in_place(
-        self,
-        x: torch.Tensor,
-        name: str,
-        settings: GrowSettings,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        new_weight: torch.Tensor,
-    ) -> torch.Tensor:
-        """The grown output without concatenating: each matmul writes its block of one preallocated output.
-
-        Computing the original and the new rows separately and concatenating them costs a copy of the whole
-        wide activation; a block of columns of the output is a strided matrix that the matmul writes in place
-        instead (see IN_PLACE_MIN_ROWS for when that pays).
-        """
-        chunks, conv1d = settings.chunks, self.conv1d
-        new_bias = None if bias is None else self.grow_new_bias[name]
-        if settings.mode == "train":  # the trained original rows are W + delta
-            weight = weight + self.grow_delta_weight[name]
-            delta_bias = self.grow_delta_bias.get(name)
-            if bias is not None and delta_bias is not None:
-                bias = bias + delta_bias
-        flat = x.reshape(-1, x.shape[-1])
-        original_width = weight.shape[-1 if conv1d else 0]
-        wide = original_width + new_weight.shape[-1 if conv1d else 0]
-        out = flat.new_empty(flat.shape[0], wide)
-        if chunks == 1:  # [original | new]
-            _project_into(out.narrow(1, 0, original_width), flat, weight, bias, conv1d)
-            _project_into(out.narrow(1, original_width, wide - original_width), flat, new_weight, new_bias, conv1d)
-        else:  # per chunk: [original | new]
-            p = original_width // chunks
-            blocks = out.view(flat.shape[0], chunks, -1)
-            parts = (_chunks(t, chunks, conv1d) for t in (weight, bias, new_weight, new_bias))
-            for i, (w, b, nw, nb) in enumerate(zip(*parts, strict=True)):
-                _project_into(blocks[:, i, :p], flat, w, b, conv1d)
-                _project_into(blocks[:, i, p:], flat, nw, nb, conv1d)
-        return out.view(*x.shape[:-1], wide)
 
     def _trained_original_rows(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """G-Train's original rows, W + delta, in one matmul on the sum (the base weight itself is not modified).
@@ -464,31 +449,37 @@ class GrowDownLayer(nn.Module, GrowLayer):
         settings = GrowSettings(config.k, config.mode, config.init)
         weight = self._linear_weight()  # [h, p]
         k = config.k
+        stores = filled_stores(DOWN, config.mode, config.init, noise=config.symmetry_noise > 0)
         with torch.no_grad():
             block = weight / k
-            if config.init == "zero":  # Appendix C.2: new columns start at zero and train in either mode
-                self._add_parameter(
-                    self.grow_new_weight, adapter_name, self._native(torch.zeros_like(weight).repeat(1, k - 1))
-                )
-            elif config.mode == "freeze":
-                new_weight = block.repeat(1, k - 1)
-                if config.symmetry_noise > 0 and k >= 3:  # the k-1 trained copies start equal
-                    new_weight = new_weight + zero_sum_noise(block, k - 1, config.symmetry_noise)
+            if "grow_new_weight" in stores:
+                if config.init == "zero":  # Appendix C.2: new columns start at zero and train in either mode
+                    new_weight = torch.zeros_like(weight).repeat(1, k - 1)
+                else:
+                    new_weight = block.repeat(1, k - 1)
+                    if config.symmetry_noise > 0 and k >= 3:  # the k-1 trained copies start equal
+                        new_weight = new_weight + zero_sum_noise(block, k - 1, config.symmetry_noise)
                 self._add_parameter(self.grow_new_weight, adapter_name, self._native(new_weight))
-            elif config.symmetry_noise > 0:  # G-Train: all k frozen blocks are equal
+            if "grow_noise" in stores:  # G-Train: all k frozen blocks are equal
                 self.grow_noise[adapter_name] = self._native(zero_sum_noise(block, k, config.symmetry_noise))
-        self.grow_settings[adapter_name] = settings
-        if not config.init_weights:
-            self._perturb(adapter_name, 0.1 * block.float().std())
-        self._move_adapter_to_device_of_base_layer(adapter_name)
-        self.set_adapter(self.active_adapters)
+        self._finish_update(adapter_name, settings, config, lambda: 0.1 * block.float().std())
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        name = self._active_grown()
-        if name is None:
-            return self._base_forward(x, *args, **kwargs)
-        settings = self.grow_settings[name]
-        base, weight, bias, new_weight = self._active_parts(name, x)
+    forward = GrowLayer.forward  # nn.Module's comes first in the bases
+
+    def _grown_forward(
+        self,
+        x: torch.Tensor,
+        name: str,
+        settings: GrowSettings,
+        base: nn.Module,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        new_weight: torch.Tensor | None,
+        args: tuple,
+        kwargs: dict,
+    ) -> torch.Tensor:
+        """Block 0 through the base layer, the others through the new columns (G-Train from copies: the base
+        layer on the mean of the blocks), plus G-Train's frozen noise."""
         if settings.mean_down:  # G-Train: no new weight
             out = base(x.unflatten(-1, (settings.k, -1)).mean(dim=-2))
         else:
@@ -532,133 +523,3 @@ class GrowDownLayer(nn.Module, GrowLayer):
         if adapter_name in self.grow_noise:
             merged = merged + linear_layout(self.grow_noise[adapter_name], self.conv1d).to(dtype)
         return self._native(merged), None if base.bias is None else base.bias
-
-
-IN_PLACE_MIN_ROWS = 128
-"""Fewest rows (tokens in one forward) for which unmerged inference writes the up-side blocks in place. Below it,
-as in decoding, two matmuls and a concatenation are faster: the copy is small, and writing into strided blocks
-costs more than it saves. Measured by benchmarks/in_place_rows.py on 2 CPU cores: decoding 1 or 8 sequences, 1.12-
-1.14x of the merged model concatenating against 1.19-1.20x in place; 32 to 128 rows, within 1% either way; 256 to
-2,048 tokens, in place 1-5% faster."""
-
-OFFLOADING_UNSUPPORTED = (
-    "Grown layers compute with the base weights and the new weights directly, so accelerate's offloading, which "
-    "keeps weights elsewhere and puts them in place only around a module's own forward (meta placeholders "
-    "otherwise), cannot serve them. "
-    "Load the model without offloading (device_map=None, or a device_map with no 'cpu' or 'disk' entries), grow it, "
-    "and do not offload the grown model (cpu_offload, disk_offload, dispatch_model with an offloading device_map)."
-)
-
-
-def refuse_offloaded(module: nn.Module) -> None:
-    """Growth copies pretrained rows: refuse a module whose weight accelerate has offloaded (a meta placeholder)."""
-    if module.weight.is_meta and "_hf_hook" in module.__dict__:
-        raise RuntimeError(
-            f"Cannot grow a {type(module).__name__} {tuple(module.weight.shape)} whose weights are offloaded by "
-            "accelerate: the module holds a meta placeholder, and growth copies the pretrained rows. "
-            + OFFLOADING_UNSUPPORTED
-        )
-
-
-def is_bnb_quantized(module: nn.Module) -> bool:
-    return type(getattr(module, "weight", None)).__name__ in BNB_WEIGHTS
-
-
-def bnb_dequantized(module: nn.Module) -> torch.Tensor:
-    """The float weight [out, in] of a bitsandbytes 4-bit or 8-bit layer, without changing the layer.
-
-    (PEFT's dequantize_module_weight resets an 8-bit layer's scales on CPU, after which it no longer runs.)
-    """
-    import bitsandbytes as bnb
-
-    weight = module.weight
-    if type(weight).__name__ == "Params4bit":
-        if getattr(weight.quant_state, "packing_format_for_cpu", False):
-            # bitsandbytes repacks 4-bit weights for its CPU kernel at the first forward and cannot unpack them
-            # exactly; the kernel applied to the identity gives the weight it computes with, bias aside
-            with torch.no_grad():
-                eye = torch.eye(module.in_features, dtype=quantized_compute_dtype(module), device=weight.device)
-                transposed = module(eye)
-                return (transposed if module.bias is None else transposed - module.bias).T.contiguous()
-        return bnb.functional.dequantize_4bit(weight.data, weight.quant_state)
-    scales = getattr(weight, "SCB", None)
-    scales = scales if scales is not None else module.state.SCB
-    return bnb.functional.int8_vectorwise_dequant(weight.data, scales)
-
-
-def quantized_compute_dtype(module: nn.Module) -> torch.dtype:
-    """The dtype a bitsandbytes layer computes in (its float copies are made in it)."""
-    dtype = getattr(module, "compute_dtype", None)
-    return dtype if dtype is not None else (module.bias.dtype if module.bias is not None else torch.float32)
-
-
-def dequantized_linear(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    """A plain nn.Linear holding `weight` and `bias` (merged, dequantized), on the quantized module's device."""
-    out_features, in_features = weight.shape
-    linear = nn.Linear(in_features, out_features, bias=bias is not None, device="meta")
-    linear.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
-    if bias is not None:
-        linear.bias = nn.Parameter(bias.detach().clone().to(weight.dtype), requires_grad=False)
-    return linear
-
-
-def refuse_unsupported_quantization(module: nn.Module) -> None:
-    """Quantized weights other than bitsandbytes' cannot be copied row by row: refuse them with the way out."""
-    message = unsupported_quantization(module)
-    if message is not None:
-        raise TypeError(message)
-
-
-def unsupported_quantization(module: nn.Module, name: str | None = None) -> str | None:
-    """Why growth cannot serve this quantized layer (GPTQ, AWQ, HQQ, torchao, ...) and what to do, else None."""
-    kind = quantization_kind(module)
-    if kind is None:
-        return None
-    layer = type(module).__name__ if name is None else f"{name} ({type(module).__name__})"
-    return (
-        f"{layer} holds {kind} weights, which peft-grow cannot copy row by row. Growth supports "
-        "float weights and bitsandbytes 4-bit / 8-bit bases (BitsAndBytesConfig): load the base that way, or "
-        "dequantize it first."
-    )
-
-
-def quantization_kind(module: nn.Module) -> str | None:
-    """The quantization scheme of a layer that growth cannot serve (GPTQ, AWQ, HQQ, torchao, ...), else None."""
-    if hasattr(module, "qweight"):  # GPTQ / AWQ / EETQ-style packed layers
-        return f"packed quantized ({type(module).__module__.split('.')[0]})"
-    if hasattr(module, "W_q"):
-        return "HQQ-quantized"
-    weight_type = type(getattr(module, "weight", None))
-    if weight_type.__module__.startswith("torchao."):
-        return f"torchao-quantized ({weight_type.__name__})"
-    return None
-
-
-def refuse_partitioned(module: nn.Module) -> None:
-    """Growth copies pretrained rows, so it needs whole weights: refuse a DeepSpeed ZeRO-3 partitioned one."""
-    weight = module.weight
-    if getattr(weight, "ds_id", None) is None:  # the attribute DeepSpeed gives every ZeRO-3 parameter
-        return
-    raise RuntimeError(
-        f"Cannot grow a {type(module).__name__} whose weight (full shape {tuple(getattr(weight, 'ds_shape', ()))}) "
-        f"is partitioned by DeepSpeed ZeRO-3: this process holds {weight.numel()} of its values, and growth copies "
-        "whole rows. Grow the model before DeepSpeed partitions it: load it and call get_peft_model before creating "
-        "the TrainingArguments / SFTConfig that name the ZeRO-3 config (transformers then loads without zero.Init), "
-        "and pass the grown model to the trainer; DeepSpeed partitions the new weights with the rest. Or use FSDP2."
-    )
-
-
-def _chunks(tensor: torch.Tensor | None, chunks: int, conv1d: bool) -> tuple:
-    """The `chunks` equal output blocks of a weight (in its module's layout) or bias; Nones for a missing bias."""
-    if tensor is None:
-        return (None,) * chunks
-    return tensor.chunk(chunks, dim=-1 if conv1d and tensor.dim() == 2 else 0)
-
-
-def _project_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias, conv1d: bool) -> None:
-    """out = x @ W^T + b, written into `out` (a block of columns of a larger matrix), with project()'s arithmetic."""
-    weight = weight if conv1d else weight.t()
-    if bias is None:
-        torch.mm(x, weight, out=out)
-    else:
-        torch.addmm(bias, x, weight, out=out)

@@ -17,8 +17,9 @@ from .architectures import find_mlps
 from .checking import check_growth_preserves
 from .config import GrowConfig
 from .experts import GrowExpertsLayer
-from .layer import GrowDownLayer, GrowLayer, GrowUpLayer, bnb_dequantized, dequantized_linear, is_bnb_quantized
+from .layer import GrowDownLayer, GrowLayer, GrowUpLayer
 from .merged import LAYOUTS, describe_merged
+from .quantization import bnb_dequantized, dequantized_linear, is_bnb_quantized
 
 
 class GrowCheckpointError(ValueError):
