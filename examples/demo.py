@@ -46,6 +46,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 import peft_grow  # noqa: E402, F401  (importing it registers the GROW method with PEFT)
 from peft_grow import GrowConfig  # noqa: E402
+from peft_grow.io.loading import token_windows as windows  # noqa: E402  (benchmarks/ use demo.windows too)
 
 DATA = Path(__file__).resolve().parent / "data"
 MODEL_DIR = DATA / "stories260K"
@@ -70,11 +71,6 @@ class Run:
     total: int = 0
     seconds: float = 0.0
     curve: list[tuple[int, float, float]] = field(default_factory=list)  # (step, new loss, original loss)
-
-
-def windows(ids: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """Cut a token stream into non-overlapping [n, seq_len] windows (the tail is dropped)."""
-    return ids[: len(ids) // seq_len * seq_len].view(-1, seq_len)
 
 
 def load_data(tokenizer, seq_len: int, heldout_share: float = 0.1) -> Data:

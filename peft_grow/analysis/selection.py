@@ -7,8 +7,9 @@ their MLPs, then grow the top N.
   update Adam would make from the MLP weights' gradients accumulated over a few batches (or their plain norm),
   with every other parameter frozen.
 
-Both return `LayerScores`; `top_layers(scores, n)` gives the indices `GrowConfig(layers=...)` takes, and
-`rank_agreement` measures how well two rankings agree (Spearman correlation, overlap of the top N).
+Both take batches with labels, which `text_batches` draws from a plain text of the new task, and return
+`LayerScores`; `top_layers(scores, n)` gives the indices `GrowConfig(layers=...)` takes, and `rank_agreement`
+measures how well two rankings agree (Spearman correlation, overlap of the top N).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..io.loading import token_windows
 from ..tuner.architectures import find_mlps
 
 Batch = dict[str, torch.Tensor]  # model inputs with `labels`, as a transformers model takes them
@@ -65,6 +67,36 @@ def update_magnitudes(before: dict[tuple[str, int], list[torch.Tensor]], model: 
 def snapshot(model: nn.Module) -> dict[tuple[str, int], list[torch.Tensor]]:
     """Copies of the MLP weights, to measure updates against."""
     return {key: [w.detach().clone() for w in weights] for key, weights in _mlp_weights(model).items()}
+
+
+class TextTooShortError(ValueError):
+    """A text holds fewer tokens than one batch of windows; `tokens` says how many it holds."""
+
+    def __init__(self, tokens: int, batch: int, seq_len: int) -> None:
+        self.tokens = tokens
+        super().__init__(
+            f"The text holds {tokens:,} tokens, fewer than one batch of {batch} x {seq_len}; use a longer text or "
+            "a smaller batch or seq_len."
+        )
+
+
+def text_batches(tokenizer, text: str, seq_len: int, batch: int, steps: int, seed: int = 0) -> list[Batch]:
+    """`steps` batches of a plain text, for `pilot_ranking` or `gradient_ranking`.
+
+    The text is tokenised as one stream and cut into non-overlapping `seq_len`-token windows (`token_windows`,
+    the tail dropped); each batch is `batch` windows drawn at random with replacement (a generator seeded with
+    `seed`), which are their own labels. Raises TextTooShortError if there are fewer windows than `batch`.
+    """
+    ids = torch.tensor(tokenizer(text)["input_ids"])
+    windows = token_windows(ids, seq_len)
+    if len(windows) < batch:
+        raise TextTooShortError(len(ids), batch, seq_len)
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(steps):
+        rows = windows[torch.randint(len(windows), (batch,), generator=generator)]
+        batches.append({"input_ids": rows, "labels": rows})
+    return batches
 
 
 def pilot_ranking(model: nn.Module, batches: Iterable[Batch], steps: int, lr: float = 1e-4) -> LayerScores:

@@ -6,9 +6,10 @@
     peft-grow rank-layers MODEL TEXT [--top 10] [--method pilot|gradient] [--steps 30] [--lr 1e-4]
     peft-grow function-vectors BASE [ADAPTER_OR_MODEL ...] [--task capitalize] [--prompts 32] [--top 10]
 
-Structure: every command is a function registered on `app` with `@app.command()`, whose body runs inside
-`user_errors()`: a user error (a missing or unreadable file, a bad value, an architecture that cannot be grown)
-ends the command with one line `error: ...` on stderr and exit code 2, never a traceback. `main()` is the
+Structure: every command is a function registered on `app` with `@app.command()`: it parses its options, calls
+the package and hands the result to a `print_*` function of `render.py` (the tables and formatting). Its work runs
+inside `user_errors()`: a user error (a missing or unreadable file, a bad value, an architecture that cannot be
+grown) ends the command with one line `error: ...` on stderr and exit code 2, never a traceback. `main()` is the
 console-script entry point; it runs `app` and reports click's own usage errors (bad options or values) the same
 way. Another command is one more decorated function following the same pattern.
 
@@ -20,23 +21,33 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn
-from rich.table import Table
-from rich.text import Text
 from transformers.utils import logging as hf_logging
 
-from ..analysis.planning import PlanCosts, plan_costs
+from ..analysis.planning import plan_costs
 from ..io.checkpoint import GrowCheckpointError
-from ..io.inspection import AdapterReport, format_indices, inspect_adapter
-from ..tuner.architectures import UnsupportedArchitectureError, split_module_name
+from ..io.inspection import inspect_adapter
+from ..io.loading import load_base_model
+from ..tuner.architectures import UnsupportedArchitectureError
+from .render import (
+    make_console,
+    print_function_vectors,
+    print_merged,
+    print_plan,
+    print_ranking,
+    print_report,
+    step_progress,
+)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..analysis.selection import Batch
 
 EXIT_OK, EXIT_INCONSISTENT, EXIT_USAGE = 0, 1, 2
 #: errors that mean "bad input", reported in one line with exit code 2 (the others are bugs: traceback)
@@ -93,40 +104,11 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_USAGE) from None
 
 
-def make_console() -> Console:
-    """A console on stdout: the terminal's width, or 120 columns when piped, so that tables stay on one line."""
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, width=120)
-    return console
-
-
 def quiet_libraries() -> None:
     """Silence library chatter that says nothing about the user's input (deprecations inside transformers)."""
     warnings.filterwarnings("ignore", category=FutureWarning)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # the commands show their own progress
-
-
-def format_bytes(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def format_count(count: int) -> str:
-    """A parameter count in short form: 621.1 M, 1.00 B, 30.7 K."""
-    for unit, size in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
-        if count >= size:
-            return f"{count / size:.2f} {unit}" if unit == "B" else f"{count / size:.1f} {unit}"
-    return str(count)
-
-
-def format_share(share: float) -> str:
-    return f"{share:.1%}" if share >= 0.001 else f"{share:.3%}"
 
 
 def parse_layers(value: str) -> list[int] | None:
@@ -148,36 +130,9 @@ def check_layers_option(value: str) -> str:
     return value
 
 
-def bullets(lines: list[str] | tuple[str, ...], bullet: str = "-") -> Table:
-    """A bulleted list whose wrapped lines stay indented under their text."""
-    grid = Table.grid(padding=(0, 1))
-    grid.add_column(width=len(bullet) + 1, justify="right")
-    grid.add_column()
-    for line in lines:
-        grid.add_row(bullet, Text(line))
-    return grid
-
-
-def key_values(rows: list[tuple[str, str]]) -> Table:
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
-    for key, value in rows:
-        grid.add_row(Text(key), Text(value))
-    return grid
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # plan
 # ---------------------------------------------------------------------------------------------------------------
-
-_METHOD_TEXT = {
-    ("freeze", "copy"): "trains only the new rows and columns; every original weight is frozen",
-    ("freeze", "zero"): "the Appendix C.2 baseline; trains only the new rows and columns",
-    ("train", "copy"): "trains the whole up side (a delta on the original rows plus the copies); the down "
-    "projection is frozen",
-    ("train", "zero"): "the Appendix C.2 baseline; trains the whole up side and the new down columns",
-}
 
 
 @app.command()
@@ -228,83 +183,6 @@ def plan(
     print_plan(costs, make_console())
 
 
-def print_plan(costs: PlanCosts, console: Console) -> None:
-    grown = "; ".join(
-        f"{len(indices)} of {costs.stack_sizes[stack]} layers of {stack} ({format_indices(indices)})"
-        for stack, indices in costs.grown_layers.items()
-    )
-    shapes = "; ".join(
-        (f"{e:,} experts, each " if e else "")
-        + f"hidden {h:,}, width {p:,} -> {costs.k * p:,}"
-        + (f" (fused up side of {c} projections)" if c > 1 else "")
-        for h, p, c, e in costs.mlp_shapes
-    )
-    console.print(
-        Text(
-            f"peft-grow plan: {costs.source} ({costs.model_type}, {costs.model_class}), built on the meta device; "
-            "no weights read."
-        )
-    )
-    console.print()
-    console.print(
-        key_values(
-            [
-                ("base model", f"{costs.base_params:,} parameters ({format_count(costs.base_params)})"),
-                ("grown", f"{costs.grown_mlps} MLP{'s' if costs.grown_mlps != 1 else ''}: {grown}"),
-                ("MLP", shapes),
-                ("method", f"{costs.grow.name}: {_METHOD_TEXT[(costs.mode, costs.init)]}"),
-                (
-                    "added",
-                    f"{costs.added_params:,} parameters"
-                    + (" (the delta on the original up rows included)" if costs.mode == "train" else ""),
-                ),
-                (
-                    "trainable",
-                    f"{costs.trainable_params:,} parameters = {format_share(costs.trainable_share)} of the base "
-                    "model (as the paper counts)",
-                ),
-            ]
-        )
-    )
-    console.print()
-    console.print(
-        Text(
-            f"Training memory, base in {costs.dtype}, AdamW (weights, gradients and optimizer state only; "
-            "activations not included):"
-        )
-    )
-    table = Table(box=None, pad_edge=False, padding=(0, 2), header_style="bold")
-    table.add_column("method")
-    for column in ("trainable", "of base", "weights", "gradients", "AdamW state", "total"):
-        table.add_column(column, justify="right")
-    for method in costs.methods:
-        table.add_row(
-            Text(method.name),
-            format_count(method.trainable_params),
-            format_share(method.trainable_share),
-            format_bytes(method.weight_bytes),
-            format_bytes(method.gradient_bytes),
-            format_bytes(method.optimizer_bytes),
-            format_bytes(method.total_bytes),
-        )
-    console.print(table)
-    console.print()
-    lora = costs.lora_shape
-    console.print(
-        bullets(
-            [
-                f"LoRA rows: rank r on the {lora.modules} Linear layers of the transformer blocks, "
-                f"r x {lora.in_plus_out:,} parameters; r={costs.lora_rank} is the rank whose count is closest to "
-                f"{costs.grow.name}'s, r={costs.lora_reference_rank} is shown for reference.",
-                *costs.notes,
-            ],
-            bullet="*",
-        )
-    )
-    console.print(Text("Assumptions:"))
-    console.print(bullets(costs.assumptions))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # rank-layers
 # ---------------------------------------------------------------------------------------------------------------
@@ -331,44 +209,38 @@ def rank_layers(
 ) -> None:
     """Rank MODEL's layers by how much fine-tuning on TEXT changes their MLPs; print the top ones as
     GrowConfig(layers=...) takes them (paper section 4.2)."""
-    import torch
-    import transformers
-
     from ..analysis.selection import gradient_ranking, pilot_ranking, top_layers
 
     quiet_libraries()
     console = make_console()
     with user_errors():
-        if not os.path.isfile(text):
-            raise FileNotFoundError(f"{text}: no such file (expected a UTF-8 text file of the new task).")
-        tokenizer = transformers.AutoTokenizer.from_pretrained(model)
-        with open(text, encoding="utf-8") as handle:
-            ids = torch.tensor(tokenizer(handle.read())["input_ids"])
-        windows = ids[: len(ids) // seq_len * seq_len].view(-1, seq_len)
-        if len(windows) < batch:
-            raise ValueError(
-                f"{text} holds {len(ids):,} tokens, fewer than one batch of {batch} x {seq_len}; use a longer text "
-                "or lower --batch / --seq-len."
-            )
-        architecture = transformers.AutoConfig.from_pretrained(model).architectures[0]
-        network = getattr(transformers, architecture).from_pretrained(model, dtype="auto")
-        generator = torch.Generator().manual_seed(seed)
-        batches = []
-        for _ in range(steps):
-            rows = windows[torch.randint(len(windows), (batch,), generator=generator)]
-            batches.append({"input_ids": rows, "labels": rows})
+        batches = _text_batches(model, text, seq_len=seq_len, batch=batch, steps=steps, seed=seed)
+        network = load_base_model(model)
         if method == Ranking.pilot:
             scores = pilot_ranking(network, batches, steps=steps, lr=lr)
         else:
             scores = gradient_ranking(network, batches)
-    table = Table(box=None, pad_edge=False, padding=(0, 2), header_style="bold")
-    for column, justify in (("rank", "right"), ("layer", "right"), ("stack", "left"), ("score", "right")):
-        table.add_column(column, justify=justify)
-    for rank, (stack, index) in enumerate(scores.ranked(), start=1):
-        table.add_row(str(rank), str(index), stack, f"{scores.scores[(stack, index)]:.4g}")
-    console.print(table)
-    console.print()
-    console.print(Text(f"GrowConfig(layers={top_layers(scores, top)})"))
+    print_ranking(scores, top_layers(scores, top), console)
+
+
+def _text_batches(model: str, text: str, seq_len: int, batch: int, steps: int, seed: int) -> list[Batch]:
+    """The file TEXT in `steps` random batches of `batch` windows of `seq_len` tokens of MODEL's tokenizer."""
+    import transformers
+
+    from ..analysis.selection import TextTooShortError, text_batches
+
+    if not os.path.isfile(text):
+        raise FileNotFoundError(f"{text}: no such file (expected a UTF-8 text file of the new task).")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model)
+    with open(text, encoding="utf-8") as handle:
+        content = handle.read()
+    try:
+        return text_batches(tokenizer, content, seq_len=seq_len, batch=batch, steps=steps, seed=seed)
+    except TextTooShortError as error:
+        raise ValueError(
+            f"{text} holds {error.tokens:,} tokens, fewer than one batch of {batch} x {seq_len}; use a longer text "
+            "or lower --batch / --seq-len."
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -404,58 +276,52 @@ def merge(
     A failure or Ctrl-C never leaves a half-written OUT. With --layout pad (the default) the checkpoint is a
     standard one that plain transformers loads.
     """
-    import transformers
-    from peft import PeftModel
-
-    from ..io.export import SHAPES_KEY, save_merged
-    from ..tuner.config import GrowConfig
-
     quiet_libraries()
     console = make_console()
-    stderr = Console(stderr=True)
-    steps = Progress(  # shown on a terminal only, so that piped stderr holds just the errors
-        TextColumn("[{task.completed}/{task.total}]"),
-        BarColumn(),
-        TextColumn("{task.description}"),
-        console=stderr,
-        transient=True,
-        disable=not stderr.is_terminal,
-    )
     with user_errors():
-        if os.path.exists(out) and not overwrite:
-            raise FileExistsError(f"{out} already exists; choose another path or pass --overwrite to replace it.")
-        GrowConfig.from_pretrained(adapter)  # a clear error for a missing or damaged adapter, before any loading
-    with user_errors(), steps:
-        step = steps.add_task(f"loading the base model {base}", total=3)
-        architecture = transformers.AutoConfig.from_pretrained(base).architectures[0]
-        model = getattr(transformers, architecture).from_pretrained(base, dtype="auto")
-        steps.update(step, advance=1, description=f"loading the adapter {adapter}")
-        model = PeftModel.from_pretrained(model, adapter)
-        steps.update(step, advance=1, description=f"merging and writing {out}")
-        merged = save_merged(
-            model,
+        _check_merge_inputs(adapter, out, overwrite)
+        merged, architecture = _merge_and_write(
+            base,
+            adapter,
             out,
             layout=layout.value,
             dtype=dtype and dtype.value,
             overwrite=overwrite,
             max_shard_size=max_shard_size,
         )
+    print_merged(out, layout.value, merged, architecture, _safetensors_bytes(out), console)
+
+
+def _check_merge_inputs(adapter: str, out: str, overwrite: bool) -> None:
+    """Refuse an existing OUT without --overwrite, and a missing or damaged adapter, before any loading."""
+    from ..tuner.config import GrowConfig
+
+    if os.path.exists(out) and not overwrite:
+        raise FileExistsError(f"{out} already exists; choose another path or pass --overwrite to replace it.")
+    GrowConfig.from_pretrained(adapter)
+
+
+def _merge_and_write(base: str, adapter: str, out: str, **save_options) -> tuple[nn.Module, str]:
+    """Load BASE, put ADAPTER on it, merge and write OUT (`save_merged` with `save_options`), showing the steps;
+    (the merged model, the architecture BASE was loaded as)."""
+    from peft import PeftModel
+
+    from ..io.export import save_merged
+
+    with step_progress() as steps:
+        step = steps.add_task(f"loading the base model {base}", total=3)
+        model = load_base_model(base)
+        architecture = model.config.architectures[0]  # read before saving, which records the class it saves
+        steps.update(step, advance=1, description=f"loading the adapter {adapter}")
+        model = PeftModel.from_pretrained(model, adapter)
+        steps.update(step, advance=1, description=f"merging and writing {out}")
+        merged = save_merged(model, out, **save_options)
         steps.update(step, advance=1)
-    size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out) if f.endswith(".safetensors"))
-    per_layer = hasattr(merged.config, SHAPES_KEY)
-    load = f"peft_grow.load_merged({out!r})" if per_layer else f"{architecture}.from_pretrained({out!r})"
-    console.print(
-        key_values(
-            [
-                ("written", out),
-                ("layout", layout.value),
-                ("parameters", f"{sum(p.numel() for p in merged.parameters()):,}"),
-                ("dtype", str(merged.dtype).removeprefix("torch.")),
-                ("on disk", format_bytes(size)),
-                ("load with", load),
-            ]
-        )
-    )
+    return merged, architecture
+
+
+def _safetensors_bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".safetensors"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -483,72 +349,6 @@ def inspect_command(
     print_report(report, make_console())
     if not report.consistent:
         raise typer.Exit(EXIT_INCONSISTENT)
-
-
-def print_report(report: AdapterReport, console: Console) -> None:
-    config = report.config
-    total_params = sum(t.numel for t in report.tensors)
-    total_bytes = sum(t.nbytes for t in report.tensors)
-    modules = defaultdict(list)  # (stack, inner path, role) -> layer indices
-    for target, role in sorted(report.roles.items()):
-        split = split_module_name(target)
-        if split is None:
-            modules[(target, "", role)].append(None)
-        else:
-            modules[(split[0], split[2], role)].append(split[1])
-    module_lines = [
-        f"{stack}.[{format_indices(indices)}].{inner} ({role})" if inner else f"{stack} ({role})"
-        for (stack, inner, role), indices in sorted(modules.items(), key=lambda item: (item[0][2] != "up", item[0]))
-    ]
-    mlps = len({split[:2] for split in map(split_module_name, report.roles) if split is not None})
-    console.print(Text(f"peft-grow inspect: {report.folder}"))
-    console.print()
-    console.print(
-        key_values(
-            [
-                ("base model", str(config.get("base_model_name_or_path") or "(not recorded)")),
-                ("peft type", str(config.get("peft_type"))),
-                ("k", str(config.get("k"))),
-                ("mode", str(config.get("mode"))),
-                ("init", str(config.get("init"))),
-                ("layers", "all" if config.get("layers") is None else str(config.get("layers"))),
-                ("symmetry noise", str(config.get("symmetry_noise"))),
-                (
-                    "grown modules",
-                    f"{len(report.roles)} in {mlps} MLP{'s' if mlps != 1 else ''}" + (":" if module_lines else ""),
-                ),
-                *[("", line) for line in module_lines],
-                (
-                    "tensors",
-                    f"{len(report.tensors)}, {total_params:,} parameters, {total_bytes:,} bytes "
-                    f"({format_bytes(total_bytes)}); file {report.file_bytes:,} bytes",
-                ),
-            ]
-        )
-    )
-    by_dtype: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-    for info in report.tensors:
-        counts = by_dtype[info.dtype]
-        counts[0] += 1
-        counts[1] += info.numel
-        counts[2] += info.nbytes
-    table = Table(box=None, pad_edge=False, padding=(0, 2), header_style="bold")
-    for column, justify in (("dtype", "left"), ("tensors", "right"), ("parameters", "right"), ("bytes", "right")):
-        table.add_column(column, justify=justify)
-    for dtype, (count, params, nbytes) in sorted(by_dtype.items()):
-        table.add_row(dtype, str(count), f"{params:,}", f"{nbytes:,}")
-    console.print()
-    console.print(table)
-    if report.extra_tensors:
-        console.print(Text(f"other tensors (modules_to_save / trainable tokens): {len(report.extra_tensors)}"))
-    for note in report.notes:
-        console.print(Text(f"note: {note}"))
-    console.print()
-    if report.consistent:
-        console.print(Text("verdict: consistent"))
-        return
-    console.print(Text(f"verdict: INCONSISTENT ({len(report.problems)} problem(s))"))
-    console.print(bullets(report.problems))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -586,30 +386,14 @@ def function_vectors_command(
 
     quiet_libraries()
     console = make_console()
-    table = Table(box=None, pad_edge=False, padding=(0, 2), header_style="bold")
-    for column in ("model", "ICL acc", "zero-shot", "+ vector", f"top-{top} heads (layer.head)", "shared", "cosine"):
-        table.add_column(column, justify="left" if column in ("model", f"top-{top} heads (layer.head)") else "right")
+    results = []  # (path, result, heads shared with BASE, cosine to BASE's vector)
     with user_errors(), torch.no_grad():
-        reference = None
         for path in [base, *(others or [])]:
             model, tokenizer = _load_for_analysis(base, path)
             result = fv.analyze(model, tokenizer, task.value, n_prompts=prompts, shots=shots, k=top, seed=seed)
-            shared, cosine = fv.compare(reference, result) if reference else (top, 1.0)
-            reference = reference or result
-            heads = " ".join(f"{layer}.{head}" for layer, head in result.heads)
-            table.add_row(
-                path,
-                f"{result.icl_accuracy:.2f}",
-                f"{result.zero_shot:.2f}",
-                f"{result.zero_shot_with_vector:.2f}",
-                heads,
-                f"{shared}/{top}",
-                f"{cosine:.3f}",
-            )
-    console.print(table)
-    console.print(
-        Text(f"task {task.value}, {prompts} prompts of {shots} shots; vector added after layer {reference.layer}.")
-    )
+            shared, cosine = fv.compare(results[0][1], result) if results else (top, 1.0)
+            results.append((path, result, shared, cosine))
+    print_function_vectors(results, task.value, prompts, shots, top, console)
 
 
 def _load_for_analysis(base: str, path: str):
@@ -620,9 +404,7 @@ def _load_for_analysis(base: str, path: str):
     if not os.path.isdir(path) and (os.path.isabs(path) or path.startswith(".") or path.count("/") != 1):
         raise FileNotFoundError(f"{path}: no such folder (expected a model folder, an adapter folder or a Hub id).")
     adapter = os.path.isfile(os.path.join(path, "adapter_config.json"))
-    source = base if adapter else path
-    architecture = transformers.AutoConfig.from_pretrained(source).architectures[0]
-    model = getattr(transformers, architecture).from_pretrained(source, dtype="auto")
+    model = load_base_model(base if adapter else path)
     if adapter:
         model = PeftModel.from_pretrained(model, path)
     return model.eval(), transformers.AutoTokenizer.from_pretrained(base)  # fine-tuned folders may hold none

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ..io.loading import token_windows
 from .data import Example
 from .metrics import METRICS, bleu, choice_accuracy, exact_match
 
@@ -108,7 +109,7 @@ def reference_loss(
     ids = _as_ids(tokenizer, text_or_ids)
     if len(ids) < 2:
         raise ValueError(f"Expected a reference text of at least 2 tokens, found {len(ids)}.")
-    windows = ids[: len(ids) // seq_len * seq_len].view(-1, seq_len) if len(ids) >= seq_len else ids.view(1, -1)
+    windows = token_windows(ids, seq_len) if len(ids) >= seq_len else ids.view(1, -1)
     if max_windows is not None:
         windows = windows[:max_windows]
     device = next(model.parameters()).device

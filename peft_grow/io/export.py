@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-import transformers
 from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig
@@ -22,6 +21,7 @@ from ..tuner.config import GrowConfig
 from ..tuner.merged import LAYOUTS, SHAPES_KEY, describe_merged, parameter_like
 from ..tuner.tensors import is_conv1d, set_projection
 from .cards import write_merged_card
+from .loading import architecture_class
 
 
 def save_merged(
@@ -81,7 +81,7 @@ def load_merged(path: str | os.PathLike, **kwargs) -> nn.Module:
 
         path = snapshot_download(str(path))
     config = AutoConfig.from_pretrained(path)
-    model_class = getattr(transformers, config.architectures[0])
+    model_class = architecture_class(config)
     shapes = getattr(config, SHAPES_KEY, None)
     if shapes is None:
         return model_class.from_pretrained(path, **kwargs)
