@@ -5,9 +5,9 @@ Builds a randomly initialised model of Gemma3-1B's published shape (hidden 1152,
 vocabulary 50,304), in bfloat16 (or --dtype float32) on the CPU and times get_peft_model(GrowConfig(k=2)) with
 the check on and off, side by side (--repeats rounds, each on a fresh copy of the base), and prints the ratio.
 
-    python benchmarks/check_cost.py                         # a few minutes on 2 CPU cores, 6 GB of memory
-    python benchmarks/check_cost.py --layers 4              # a smaller stack
-    python benchmarks/check_cost.py --shape olmoe --layers 2  # experts: 0.8 GB of bfloat16 weights per layer
+    python -m benchmarks.check_cost                         # a few minutes on 2 CPU cores, 6 GB of memory
+    python -m benchmarks.check_cost --layers 4              # a smaller stack
+    python -m benchmarks.check_cost --shape olmoe --layers 2  # experts: 0.8 GB of bfloat16 weights per layer
 """
 
 import argparse
@@ -18,9 +18,9 @@ import warnings
 
 import torch
 from peft import get_peft_model
-from speed import SETTINGS  # benchmarks/speed.py, beside this script
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from benchmarks.speed import SETTINGS
 from peft_grow import GrowConfig
 
 GEMMA3_1B = SETTINGS["gemma3-1b"][1]  # the speed benchmark's Gemma3-1B shape

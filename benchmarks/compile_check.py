@@ -2,7 +2,7 @@
 one compiled training step (forward and backward), for G-Freeze and G-Train on a small llama-style model; then
 two steps of transformers.Trainer with torch_compile=True on a grown stories260K.
 
-    python benchmarks/compile_check.py        # about two minutes on 2 CPU cores (compilation dominates)
+    python -m benchmarks.compile_check        # about two minutes on 2 CPU cores (compilation dominates)
 """
 
 import tempfile

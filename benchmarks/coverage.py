@@ -11,9 +11,9 @@ G-Freeze) and `GrowConfig(k=3, mode="train")`, and once more with the same MLPs 
   WRONG     the adapter was accepted but the logits moved, or the forward failed: a bug, never expected
   unbuilt   the tiny model could not be built or run (a limit of this script, not of growth)
 
-    python benchmarks/coverage.py                     # all types: a few minutes on 2 CPU cores
-    python benchmarks/coverage.py llama falcon bloom  # some
-    python benchmarks/coverage.py --markdown          # the table for docs/configuration.md
+    python -m benchmarks.coverage                     # all types: a few minutes on 2 CPU cores
+    python -m benchmarks.coverage llama falcon bloom  # some
+    python -m benchmarks.coverage --markdown          # the table for docs/configuration.md
 """
 
 from __future__ import annotations

@@ -4,28 +4,24 @@ For each architecture's tiny random model (the same ones the tests build), print
 difference over k in {2, 3, 4}, both modes and both inits; whether bfloat16 with k=2 is bit-identical
 (new weights in bfloat16); and the worst bfloat16 difference with PEFT's default float32 new weights.
 
-    python benchmarks/exactness.py            # all architectures, about half a minute on 2 CPU cores
+    python -m benchmarks.exactness            # all architectures, about half a minute on 2 CPU cores
 
 With --model-dir, a real checkpoint in bfloat16 instead (e.g. one fetched by benchmarks/fetch_models.py), on
 --device: for k = 2 and 3 in both modes, whether the grown model's logits are bit-identical to the base's (new
 weights in bfloat16), the largest difference, and that of the merged model:
 
-    python benchmarks/exactness.py --model-dir ~/.cache/peft-grow/models/smollm2-135m/hf --device cuda
+    python -m benchmarks.exactness --model-dir ~/.cache/peft-grow/models/smollm2-135m/hf --device cuda
 """
 
 import argparse
 import copy
-import sys
 import warnings
-from pathlib import Path
 
 import torch
+from peft import get_peft_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny model zoo of the test suite
-from helpers import ALL_ARCHITECTURES, logits, sample_inputs, tiny_model  # noqa: E402
-from peft import get_peft_model  # noqa: E402
-
-from peft_grow import GrowConfig  # noqa: E402
+from peft_grow import GrowConfig
+from peft_grow.testing import ALL_ARCHITECTURES, logits, sample_inputs, tiny_model  # the test suite's tiny model zoo
 
 SETTINGS = [(mode, init) for mode in ("freeze", "train") for init in ("copy", "zero")]
 

@@ -4,7 +4,7 @@ For growth of every layer and of some layers, k = 2 and 3, exports the merged mo
 reports the parameter count, the bytes on disk, whether plain `AutoModelForCausalLM.from_pretrained` loads it,
 and the max |logit difference| between the reloaded checkpoint and the adapter model.
 
-    python benchmarks/export_sizes.py        # a few seconds on 2 CPU cores
+    python -m benchmarks.export_sizes        # a few seconds on 2 CPU cores
 """
 
 import tempfile

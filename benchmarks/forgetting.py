@@ -10,9 +10,10 @@ fine-tuned on three new domains of different shift from children's stories:
   * qasc:        QASC science questions as documents "Question: ...\\nOptions: (A) ... (H) ...\\nAnswer: (X) text",
                  trained on the training split, held out on the dev split.
 
-Full files come from the shared data folder (--shared-data, ../shared/data from the repository root); where it
-is absent, WikiText-2 and QASC fall back to the slices in benchmarks/data and Shakespeare to the demo's copy
-(a notice is printed). --tiny always uses the in-repository material.
+Full files come from the folder given as --shared-data (text/tinyshakespeare.txt, text/wikitext-2/{valid,test}.txt,
+tasks/qasc/{train,dev}.json; e.g. ../shared/data). Without it, and for any file it lacks, WikiText-2 and QASC come
+from the slices in benchmarks/data and Shakespeare from the demo's copy (a notice is printed); there is no default
+folder outside the repository. --tiny always uses the in-repository material.
 
 Methods (METHODS below): full fine-tuning; LoRA on every linear layer at the rank whose trainable-parameter count
 is closest to G-Freeze on all layers, and at r=4; G-Freeze (k=2) on all layers and on the top-N layers of the
@@ -28,9 +29,9 @@ the original-domain loss where each run's curve first reaches a common new-domai
 evaluations): the worst final new-domain loss among the selected runs of all methods, and the worst final
 new-domain loss among the full fine-tuning seeds (a level every full fine-tuning seed reached).
 
-    python benchmarks/forgetting.py --tiny            # smoke test: in-repository material, seconds
-    python benchmarks/forgetting.py --quick           # one seed, one rate per method, 50 steps: 4.3 min
-    nice python benchmarks/forgetting.py --workers 2  # the full benchmark: 31 min
+    python -m benchmarks.forgetting --tiny            # smoke test: in-repository material, seconds
+    python -m benchmarks.forgetting --quick           # one seed, one rate per method, 50 steps: 4.3 min
+    nice python -m benchmarks.forgetting --workers 2 --shared-data ../shared/data   # the full benchmark: 31 min
 
 Measured runtimes: --quick 4.3 min (1 worker, 24 runs); the full mode 31.3 min on 2 idle CPU cores (--workers 2,
 120 runs of 150 steps; 67.8 min when other jobs shared the cores), with identical results in both runs.
@@ -65,15 +66,12 @@ from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
-import demo  # noqa: E402  (the demo's model, original domain, windowing and loss)
-
+from examples import demo  # noqa: E402  (the demo's model, original domain, windowing and loss)
 from peft_grow import GrowConfig  # noqa: E402
 from peft_grow.analysis.selection import pilot_ranking, top_layers  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 REPO_DATA = ROOT / "benchmarks" / "data"
-DEFAULT_SHARED = ROOT.parent / "shared" / "data"
 Curve = list[tuple[int, float, float]]  # (step, new-domain loss, original-domain loss)
 
 
@@ -124,8 +122,11 @@ def pick(shared: Path | None, shared_name: str, repo_path: Path) -> Path:
     return repo_path
 
 
-def load_domains(tokenizer, keys: list[str], seq_len: int, eval_windows: int, shared: Path | None) -> list[Domain]:
-    """The new domains, read from the shared folder where it has them, else from the repository's slices."""
+def load_domains(
+    tokenizer, keys: list[str], seq_len: int, eval_windows: int, shared: Path | None, announce: bool = False
+) -> list[Domain]:
+    """The new domains, read from the shared folder where it has them, else from the repository's slices (with a
+    notice where one was given, or where `announce`)."""
     domains = []
     for key in keys:
         if key == "shakespeare":
@@ -149,6 +150,8 @@ def load_domains(tokenizer, keys: list[str], seq_len: int, eval_windows: int, sh
             raise ValueError(f"unknown domain {key!r}; choose from {DOMAINS}")
         if shared is not None and show(shared) not in source:
             print(f"notice: {key}: shared data not found under {show(shared)}; using {source}")
+        elif shared is None and announce:
+            print(f"notice: {key}: no --shared-data, using the in-repository {source}")
         domains.append(Domain(key, DOMAINS[key], train, spread_windows(heldout, seq_len, eval_windows), source))
     return domains
 
@@ -621,7 +624,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--top-n", type=int, default=2, help="layers G-Freeze top-N grows (of 5; default 2)")
     parser.add_argument("--workers", type=int, default=1, help="runs side by side, one thread each (default 1)")
-    parser.add_argument("--shared-data", type=Path, default=DEFAULT_SHARED, help="the shared data folder")
+    parser.add_argument(
+        "--shared-data",
+        type=Path,
+        help="the folder of the complete files (text/, tasks/; e.g. ../shared/data); default: in-repository slices",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "forgetting", help="results.json, table.md")
     parser.add_argument("--figures", type=Path, help="where the PNGs go (default: docs/ in the full mode, else --out)")
     parser.add_argument(
@@ -680,7 +687,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(demo.MODEL_DIR)
     shared = None if args.tiny else args.shared_data
-    domains = load_domains(tokenizer, args.domains, settings.seq_len, settings.eval_windows, shared)
+    domains = load_domains(tokenizer, args.domains, settings.seq_len, settings.eval_windows, shared, not args.tiny)
     original = original_domain(tokenizer, settings.seq_len, settings.eval_windows)
     base = demo.load_base()
     base_params = sum(p.numel() for p in base.parameters())
@@ -718,7 +725,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.figures.mkdir(parents=True, exist_ok=True)
     results = {
         "mode": args.mode,
-        "command": "python benchmarks/forgetting.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.forgetting " + " ".join(argv if argv is not None else sys.argv[1:]),
         "settings": asdict(settings),
         "workers": args.workers,
         "seconds": seconds,

@@ -7,8 +7,8 @@ adapter unmerged, after merge_adapter(), and merged for good; new weights in the
 of kernels launched. Where wall time exceeds kernel time, the host (Python, kernel launches) is the bottleneck,
 not the GPU. Wall times are medians over rounds that run every variant once, in turn, as in speed.py.
 
-    python benchmarks/gpu_profile.py                    # Gemma3-1B shape, bf16, needs CUDA; 2 min on an H200
-    python benchmarks/gpu_profile.py --setting tiny     # the same bookkeeping on CPU (CPU kernels)
+    python -m benchmarks.gpu_profile                    # Gemma3-1B shape, bf16, needs CUDA; 2 min on an H200
+    python -m benchmarks.gpu_profile --setting tiny     # the same bookkeeping on CPU (CPU kernels)
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import statistics
 import time
 import warnings
 
-import speed
 import torch
 from peft import get_peft_model
 from torch.profiler import ProfilerActivity, profile
 from transformers.utils import logging
 
+from benchmarks import speed
 from peft_grow import GrowConfig
 
 

@@ -1,14 +1,14 @@
 """When unmerged inference should write the up-side blocks in place instead of concatenating them.
 
-IN_PLACE_MIN_ROWS in peft_grow/tuner/layer.py is the fewest rows (tokens in one forward) for which the grown up-side
-projections write their original and new blocks into one preallocated output. Writing in place saves copying the
+IN_PLACE_MIN_ROWS in peft_grow/tuner/_fast_paths.py is the fewest rows (tokens in one forward) for which the grown
+up-side projections write their original and new blocks into one preallocated output. Writing in place saves copying the
 wide activation but makes more operator calls; which wins depends on the number of rows. This script times both
 paths on the same grown model, side by side, against the merged model, on the CPU setting of speed.py: decoding
 (one token per sequence after a prefilled prompt, as speed.py decodes) for several batch sizes, and forward passes
 over several token counts. In each round every path runs once, in turn; ratios are medians of per-round ratios.
 
-    python benchmarks/in_place_rows.py                       # about 3 minutes on 2 cores
-    python benchmarks/in_place_rows.py --setting tiny --rounds 2 --batches 2 --tokens 16   # bookkeeping only
+    python -m benchmarks.in_place_rows                       # about 3 minutes on 2 cores
+    python -m benchmarks.in_place_rows --setting tiny --rounds 2 --batches 2 --tokens 16   # bookkeeping only
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import statistics
 import time
 import warnings
 
-import speed
 import torch
 from peft import get_peft_model
 from transformers.utils import logging
 
-import peft_grow.tuner.layer as layer
+import peft_grow.tuner._fast_paths as layer
+from benchmarks import speed
 from peft_grow import GrowConfig
 
 PATHS = {"concatenate": 2**62, "in place": 1}  # the IN_PLACE_MIN_ROWS that forces each path

@@ -1,22 +1,18 @@
 """Pilot ranking (the paper's) against the cheaper gradient ranking, on the real stories260K model fine-tuned on
 tiny Shakespeare (the demo's material): both rankings, their Spearman correlation and top-N overlap, over seeds.
 
-    python benchmarks/layer_selection.py      # about half a minute on 2 CPU cores
+    python -m benchmarks.layer_selection      # about half a minute on 2 CPU cores
 """
 
 import argparse
-import sys
 import warnings
-from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer
 from transformers.utils import logging
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import demo  # noqa: E402  (the demo's data loading: same model, same split)
-
-from peft_grow.analysis.selection import gradient_ranking, pilot_ranking, rank_agreement  # noqa: E402
+from examples import demo  # the demo's data loading: same model, same split
+from peft_grow.analysis.selection import gradient_ranking, pilot_ranking, rank_agreement
 
 
 def main() -> None:

@@ -12,9 +12,9 @@ selecting the GROW cases (`-k GrowConfig`), and prints passed / failed / skipped
 with the first line of its error. Failures listed in KNOWN_FAILURES (docs/conformance.md explains each) are
 reported as known; the exit status is 1 only if a test failed that is not known.
 
-    python benchmarks/peft_conformance.py                      # both files, about 80 s on 2 CPU cores
-    python benchmarks/peft_conformance.py --only custom -k merge
-    python benchmarks/peft_conformance.py --keep               # keep the run folder (junit XML, conftest)
+    python -m benchmarks.peft_conformance                      # both files, about 80 s on 2 CPU cores
+    python -m benchmarks.peft_conformance --only custom -k merge
+    python -m benchmarks.peft_conformance --keep               # keep the run folder (junit XML, conftest)
 
 Importing this module from the generated conftest also gives pytest the plugin hooks below (`pytest_configure`,
 `pytest_pycollect_makemodule`); they do nothing outside such a run.
@@ -172,6 +172,8 @@ def prepare_run(run: Path, sources: Path, files: list[str]) -> None:
     for name in TESTER_FILES:
         shutil.copy(sources / name, tests / name)
     (tests / "__init__.py").write_text("")
+    # PEFT's copied test files run in a temporary folder outside the repository; their conftest loads this very
+    # module (the plugin hooks below) from the folder it lies in. No repository folder imports another this way.
     (tests / "conftest.py").write_text(
         "import sys\n"
         f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"

@@ -6,8 +6,8 @@ float32 compute), attach the adapter, take --steps AdamW steps on one batch. Eac
 bytes (model.get_memory_footprint()), its trainable parameters, and the process's peak resident memory, so that
 the settings are measured side by side in one run.
 
-    python benchmarks/quantized_memory.py            # a few minutes on 2 CPU cores, about 3 GB of memory
-    python benchmarks/quantized_memory.py --model-dir ~/.cache/peft-grow/models/smollm2-135m/hf   # real weights
+    python -m benchmarks.quantized_memory            # a few minutes on 2 CPU cores, about 3 GB of memory
+    python -m benchmarks.quantized_memory --model-dir ~/.cache/peft-grow/models/smollm2-135m/hf   # real weights
 
 Needs bitsandbytes (the `quantization` extra). On CUDA (--device cuda) the peak is torch.cuda.max_memory_allocated.
 """

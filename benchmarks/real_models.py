@@ -12,7 +12,8 @@ New tasks, as prompt/answer SFT with the loss on the answer only (peft_grow.eval
   mtnt    MTNT English to French, trained on valid (852), scored on test: SacreBLEU (for multilingual Gemma)
 
 Retention: zero-shot accuracy on the packaged lm-eval tasks (peft_grow/evaluation/tasks: WinoGrande, ARC-Easy,
-BoolQ, COPA, OpenBookQA, CommonsenseQA), read from the original files in the shared data folder. `baseline`
+BoolQ, COPA, OpenBookQA, CommonsenseQA), read from the original files in the task data folder (--data, else
+$PEFT_GROW_DATA; no default: the commands below pass ../shared/data/tasks). `baseline`
 measures the base model on every task with its standard error; runs track the tasks where the base model is clearly
 above chance (`--retention`, by default read from the model's baseline.json), on the first `--retention-limit`
 questions.
@@ -26,11 +27,12 @@ curve, wall times and where it ran; a rerun skips finished runs, and a lock file
 (processes, machines sharing the folder) take jobs side by side. A run saves its state at every evaluation
 (`--checkpoints`, outside the repository) and a stopped run resumes from there, exactly as if unbroken.
 
-    python benchmarks/fetch_models.py smollm2-135m
-    python benchmarks/real_models.py baseline --model smollm2-135m
-    python benchmarks/real_models.py run --model smollm2-135m --task qasc --methods full g-freeze --lrs 1e-3 1e-4
-    python benchmarks/real_models.py run ... --tiny         # a seconds-long smoke run (tests use it)
-    python benchmarks/real_models_report.py                 # tables and figures from the JSON files
+    python -m benchmarks.fetch_models smollm2-135m
+    python -m benchmarks.real_models baseline --model smollm2-135m --data ../shared/data/tasks
+    python -m benchmarks.real_models run --model smollm2-135m --task qasc --methods full g-freeze --lrs 1e-3 1e-4 \
+        --data ../shared/data/tasks
+    python -m benchmarks.real_models run ... --tiny         # a seconds-long smoke run (tests use it)
+    python -m benchmarks.real_models_report                 # tables and figures from the JSON files
 
 Step 0 of every run is the base model (growth and LoRA start at the base function, full fine-tuning at the base),
 so its scores are measured once per model and task (`<task>/base.json`) and shared by every run.
@@ -81,11 +83,8 @@ def default_cache() -> Path:
 
 
 def default_data() -> Path | None:
-    """The shared task data: $PEFT_GROW_DATA, else ../shared/data/tasks beside the checkout if it is there."""
-    if os.environ.get(ev.DATA_ENV):
-        return Path(os.environ[ev.DATA_ENV])
-    beside = ROOT.parent / "shared" / "data" / "tasks"
-    return beside if beside.is_dir() else None
+    """The task data folder when --data is not given: $PEFT_GROW_DATA, else none (never a guess)."""
+    return Path(os.environ[ev.DATA_ENV]) if os.environ.get(ev.DATA_ENV) else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -559,7 +558,7 @@ def load(args) -> tuple[object, torch.nn.Module]:
     if not (Path(folder) / "config.json").is_file():
         raise SystemExit(
             f"error: no checkpoint of {args.model} in {folder}. Fetch it first: "
-            f"python benchmarks/fetch_models.py {args.model} (or pass --model-dir)."
+            f"python -m benchmarks.fetch_models {args.model} (or pass --model-dir)."
         )
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
@@ -578,7 +577,7 @@ def baseline_tasks(model: str, results: Path) -> list[str]:
     path = results / model / "baseline.json"
     if not path.is_file():
         raise SystemExit(
-            f"error: {path} is missing: measure the base model first (python benchmarks/real_models.py baseline "
+            f"error: {path} is missing: measure the base model first (python -m benchmarks.real_models baseline "
             f"--model {model}) or name the tasks with --retention."
         )
     return json.loads(path.read_text(encoding="utf-8"))["above_chance"]
@@ -674,7 +673,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--data",
         type=Path,
         default=default_data(),
-        help=f"task data folder (default ${ev.DATA_ENV} or ../shared/data/tasks)",
+        help=f"task data folder (default ${ev.DATA_ENV}; one of the two is needed)",
     )
     common.add_argument("--results", type=Path, default=RESULTS, help="results folder (default docs/results/...)")
     common.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")

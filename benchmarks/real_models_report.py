@@ -17,8 +17,8 @@ model's baseline.json, or --tasks). Standard errors: binomial for scores; paired
 retention changes (the base model answered the same questions at step 0), combined over tasks; the ratio's by the
 delta method, ignoring the positive correlation of the two drops (so it is conservative).
 
-    python benchmarks/real_models_report.py                       # every folder; writes report.md and PNGs there
-    python benchmarks/real_models_report.py --results DIR --tasks arc_easy copa
+    python -m benchmarks.real_models_report                       # every folder; writes report.md and PNGs there
+    python -m benchmarks.real_models_report --results DIR --tasks arc_easy copa
 """
 
 from __future__ import annotations

@@ -12,9 +12,11 @@ grow_openbook_qa, grow_commonsense_qa; zero-shot accuracy) on local data in the 
 It also prints the mean token loss (nats) on the demo's original-domain text (samples of the base model)
 and on held-out Shakespeare, with the adapter on and off (loss_with_and_without_adapter).
 
-    python benchmarks/retention.py --limit 20         # about 3 minutes on 2 CPU cores, mostly the training
-    python benchmarks/retention.py                    # all local data, 8,734 questions per model (about 40 min)
-    python benchmarks/retention.py --data-dir /path/to/tasks --tasks winogrande --train-steps 0
+The task data folder is --data-dir, else $PEFT_GROW_DATA (the layout of docs/evaluation.md); there is no default.
+
+    python -m benchmarks.retention --data-dir ../shared/data/tasks --limit 20   # about 3 minutes on 2 CPU cores
+    python -m benchmarks.retention --data-dir ../shared/data/tasks   # all 8,734 local questions (about 40 min)
+    python -m benchmarks.retention --data-dir /path/to/tasks --tasks winogrande --train-steps 0
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import os
 import sys
 import time
 import warnings
-from pathlib import Path
 from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,26 +35,29 @@ import torch  # noqa: E402
 from peft import get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))  # the demo's data loading and training loop
-from demo import MODEL_DIR, Run, load_data, train  # noqa: E402
-
+from examples.demo import MODEL_DIR, Run, load_data, train  # noqa: E402  (the demo's data and training loop)
 from peft_grow import GrowConfig  # noqa: E402
 from peft_grow import evaluation as ev  # noqa: E402
 
-DEFAULT_DATA = os.environ.get(ev.DATA_ENV) or str(ROOT.parent / "shared" / "data" / "tasks")
 
-
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=DEFAULT_DATA, help=f"task data (default ${ev.DATA_ENV} or ../shared)")
+    parser.add_argument("--data-dir", help=f"task data folder (default ${ev.DATA_ENV}; one of the two is needed)")
     parser.add_argument("--tasks", nargs="+", default=list(ev.RETENTION_TASKS), help="retention tasks (all six)")
     parser.add_argument("--limit", type=int, default=None, help="questions per task (default: all)")
     parser.add_argument("--batch-size", type=int, default=32, help="lm-eval batch size (default 32)")
     parser.add_argument("--train-steps", type=int, default=150, help="G-Freeze steps as in the demo; 0 skips")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (the demo's, 1e-3)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.data_dir = args.data_dir or os.environ.get(ev.DATA_ENV)
+    if not args.data_dir:
+        parser.error(f"no task data folder: pass --data-dir or set ${ev.DATA_ENV}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # one truncation warning per long BoolQ passage
 

@@ -24,9 +24,9 @@ per-round ratios, so that drift between rounds cancels out of them. Memory is co
 weights, gradients, AdamW state, and the activations autograd saves for the backward pass (plus the allocator's
 peak on CUDA).
 
-    python benchmarks/speed.py                         # CPU setting, a few minutes on 2 cores
-    python benchmarks/speed.py --setting gemma3-1b     # GPU setting: Gemma3-1B shape, random weights, bf16
-    python benchmarks/speed.py --setting gemma3-1b --report docs/speed_gemma3-1b_h200.json   # saved tables
+    python -m benchmarks.speed                         # CPU setting, a few minutes on 2 cores
+    python -m benchmarks.speed --setting gemma3-1b     # GPU setting: Gemma3-1B shape, random weights, bf16
+    python -m benchmarks.speed --setting gemma3-1b --report docs/speed_gemma3-1b_h200.json   # saved tables
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
 """The paper's Figure 5 on our material: effective rank of the up-projection update per layer over a plain
 fine-tune of the real stories260K model on tiny Shakespeare (the demo's data). Writes docs/update_ranks.png.
 
-    python benchmarks/update_ranks.py        # about 20 s on 2 CPU cores
+    python -m benchmarks.update_ranks        # about 20 s on 2 CPU cores
 """
 
 import argparse
-import sys
 import warnings
 from pathlib import Path
 
@@ -13,11 +12,10 @@ import torch
 from transformers import AutoTokenizer
 from transformers.utils import logging
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
-import demo  # noqa: E402  (the demo's data loading: same model, same split)
+from examples import demo  # the demo's data loading: same model, same split
+from peft_grow.analysis import UpdateRankRecorder
 
-from peft_grow.analysis import UpdateRankRecorder  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

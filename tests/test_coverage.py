@@ -2,13 +2,9 @@
 refused with its reason, never changed silently. Model types without a table line are found by the shape of
 their MLP (peft_grow.tuner.architectures.STRUCTURES) and guarded by growth's self-check."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import coverage  # noqa: E402
+from benchmarks import coverage
 
 DETECTED = [  # popular model types with no table line: structural detection grows them
     "apertus",

@@ -6,15 +6,12 @@ import contextlib
 import copy
 import io
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from peft import get_peft_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import forgetting  # noqa: E402
+from benchmarks import forgetting
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +73,16 @@ def test_original_loss_at_equal_new_loss_on_hand_made_curves():
     # not monotone: the first time the curve gets there counts
     bumpy = [(0, 4.0, 1.0), (5, 3.0, 3.0), (10, 3.5, 3.5), (15, 2.0, 5.0)]
     assert forgetting.original_at(bumpy, 3.2) == pytest.approx(2.6)
+
+
+def test_without_shared_data_the_full_modes_read_the_repository_material(capsys):
+    """No data folder outside the repository by default: without --shared-data the slices in benchmarks/data and
+    the demo's Shakespeare are read, and each domain says so."""
+    assert forgetting.parse_args(["--quick"]).shared_data is None
+    tokenizer = forgetting.AutoTokenizer.from_pretrained(forgetting.demo.MODEL_DIR)
+    domains = forgetting.load_domains(tokenizer, ["qasc"], 32, 2, shared=None, announce=True)
+    assert domains[0].source.startswith("benchmarks/data/qasc_train_every32.json")
+    assert "notice: qasc: no --shared-data" in capsys.readouterr().out
 
 
 def test_pareto_front_and_mean_std():

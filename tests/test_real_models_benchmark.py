@@ -5,7 +5,6 @@ settings, and the report's equal-score reading on hand-made curves."""
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from benchmarks import real_models
+from benchmarks import real_models_report as report
+from peft_grow import evaluation as ev
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import real_models  # noqa: E402
-import real_models_report as report  # noqa: E402
-
-from peft_grow import evaluation as ev  # noqa: E402
-
 MODEL = ROOT / "examples" / "data" / "stories260K"
 DATA = ROOT / "tests" / "data" / "tasks"
 
@@ -170,6 +167,15 @@ def test_a_run_claimed_by_a_live_worker_is_left_alone(tmp_path):
     with real_models.claimed(path) as taken_over:
         assert taken_over
     assert not path.with_suffix(".lock").exists()
+
+
+def test_the_task_data_folder_is_an_argument_or_the_environment_never_a_guess(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(ev.DATA_ENV, raising=False)
+    with pytest.raises(SystemExit):
+        real_models.parse_args(["baseline", "--model", "stories", "--results", str(tmp_path)])
+    assert f"pass --data or set ${ev.DATA_ENV}" in capsys.readouterr().err
+    monkeypatch.setenv(ev.DATA_ENV, str(data))
+    assert real_models.parse_args(["baseline", "--model", "stories", "--device", "cpu"]).data == data
 
 
 def test_runs_must_name_a_method_and_a_rate(data, tmp_path):

@@ -2,19 +2,15 @@
 numerically against the straightforward computation."""
 
 import json
-import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import pytest
 import torch
 from helpers import tiny_model
 from peft import get_peft_model
 
+from benchmarks import speed
 from peft_grow import GrowConfig, GrowDownLayer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import speed  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +98,7 @@ def test_saved_measurements_print_the_same_tables(measured, tmp_path, capsys):
 
 def test_gpu_profile_bookkeeping_at_a_tiny_shape():
     """benchmarks/gpu_profile.py on CPU: every variant gets a wall time, a kernel time and a kernel count."""
-    import gpu_profile
+    from benchmarks import gpu_profile
 
     base, ids = speed.build_base("tiny")
     decode = gpu_profile.decoding(base, ids, rounds=1)
@@ -113,9 +109,8 @@ def test_gpu_profile_bookkeeping_at_a_tiny_shape():
 
 
 def test_in_place_rows_benchmark_times_both_paths_and_restores_the_threshold():
-    import in_place_rows
-
-    from peft_grow.tuner import layer
+    from benchmarks import in_place_rows
+    from peft_grow.tuner import _fast_paths as layer
 
     default = layer.IN_PLACE_MIN_ROWS
     text = in_place_rows.main(["--setting", "tiny", "--rounds", "1", "--batches", "2", "--tokens", "16"])
