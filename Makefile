@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test,demo]"
+	$(PY) -m pip install --quiet -e ".[test]"   # test = every extra + pytest and ruff
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -36,7 +36,7 @@ test-fast: $(STAMP)
 # PEFT's own generic tester (PeftCommonTester) against GROW, offline; not part of `make test` (docs/conformance.md).
 # The first run downloads the installed peft's sdist (its tests) into ~/.cache/peft-grow/peft-src with pip.
 conformance: $(STAMP)
-	$(PY) benchmarks/peft_conformance.py
+	$(PY) -m benchmarks.peft_conformance
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

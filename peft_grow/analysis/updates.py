@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .._extras import require
 from ..tuner.architectures import find_mlps
 
 
@@ -49,9 +50,7 @@ class UpdateRankRecorder:
 
     def plot(self, path, title: str = "effective rank of the up-projection update") -> None:
         """Save the heat map (layers across, checkpoints down, lighter = higher rank) as a PNG."""
-        import matplotlib
-
-        matplotlib.use("Agg")
+        require("matplotlib", "UpdateRankRecorder.plot").use("Agg")
         import matplotlib.pyplot as plt
 
         figure, axes = plt.subplots(figsize=(max(4.5, 1.2 + 0.5 * len(self.layers)), 1.5 + 0.3 * len(self.steps)))
