@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from peft import get_peft_model  # noqa: E402
-from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig  # noqa: E402
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
@@ -103,39 +103,60 @@ def tiny_config(model_type: str):
         getattr(config, name) for name in ("text_config", "decoder", "language_config") if hasattr(config, name)
     ]
     for target in targets:
-        for key, value in TINY.items():
-            if getattr(target, key, None) is not None:
-                with contextlib.suppress(AttributeError):  # a property computed from other sizes
-                    setattr(target, key, value)
-        for key in DERIVED:
-            if key in getattr(target, "__dict__", {}) and getattr(target, key) is None:
-                with contextlib.suppress(AttributeError):
-                    setattr(target, key, TINY[key])
-        inner = getattr(target, "mamba_d_ssm", None) or (
-            getattr(target, "mamba_expand", getattr(target, "expand", 2)) * TINY["hidden_size"]
-        )
-        heads, width = getattr(target, "mamba_n_heads", None), getattr(target, "mamba_d_head", None)
-        if isinstance(heads, int) and isinstance(width, int) and heads * width != inner:  # heads tile the width
-            target.mamba_n_heads, target.mamba_d_head = inner // 16, 16
-        if getattr(target, "kv_lora_rank", None) and getattr(target, "num_key_value_heads", None):
-            target.num_key_value_heads = TINY["num_attention_heads"]  # latent attention: one key/value per head
-        if getattr(target, "model_type", "") == "mamba2":
-            target.num_heads = inner // TINY["head_dim"]
-        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
-            token = getattr(target, key, None)
-            if isinstance(token, int) and token >= TINY["vocab_size"]:
-                setattr(target, key, 0)
-        for key in ("first_k_dense_replace", "first_k_dense", "num_dense_layers", "n_group", "topk_group"):
-            if isinstance(getattr(target, key, None), int) and getattr(target, key) > 1:  # one MoE layer, 1 group
-                setattr(target, key, 1)
-        if getattr(target, "num_kv_shared_layers", None):
-            target.num_kv_shared_layers = 0
-        layers = getattr(target, "num_hidden_layers", None)
-        for key in ("layer_types", "block_types", "layers_block_type", "attn_layer_indices"):
-            found = getattr(target, key, None)
-            if isinstance(found, list) and layers is not None and len(found) > layers:
-                setattr(target, key, found[:layers])
+        _shrink_sizes(target)
+        _fit_heads(target)
+        _fit_token_ids(target)
+        _fit_layers(target)
     return config
+
+
+def _shrink_sizes(target: PretrainedConfig) -> None:
+    """The TINY sizes, where the config has them (DERIVED ones even where it leaves them None)."""
+    for key, value in TINY.items():
+        if getattr(target, key, None) is not None:
+            with contextlib.suppress(AttributeError):  # a property computed from other sizes
+                setattr(target, key, value)
+    for key in DERIVED:
+        if key in getattr(target, "__dict__", {}) and getattr(target, key) is None:
+            with contextlib.suppress(AttributeError):
+                setattr(target, key, TINY[key])
+
+
+def _fit_heads(target: PretrainedConfig) -> None:
+    """Head counts that must agree with the shrunk widths: Mamba's heads, latent attention's key/value heads."""
+    inner = getattr(target, "mamba_d_ssm", None) or (
+        getattr(target, "mamba_expand", getattr(target, "expand", 2)) * TINY["hidden_size"]
+    )
+    heads, width = getattr(target, "mamba_n_heads", None), getattr(target, "mamba_d_head", None)
+    if isinstance(heads, int) and isinstance(width, int) and heads * width != inner:  # heads tile the width
+        target.mamba_n_heads, target.mamba_d_head = inner // 16, 16
+    if getattr(target, "kv_lora_rank", None) and getattr(target, "num_key_value_heads", None):
+        target.num_key_value_heads = TINY["num_attention_heads"]  # latent attention: one key/value per head
+    if getattr(target, "model_type", "") == "mamba2":
+        target.num_heads = inner // TINY["head_dim"]
+
+
+def _fit_token_ids(target: PretrainedConfig) -> None:
+    """Special token ids inside the shrunk vocabulary."""
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        token = getattr(target, key, None)
+        if isinstance(token, int) and token >= TINY["vocab_size"]:
+            setattr(target, key, 0)
+
+
+def _fit_layers(target: PretrainedConfig) -> None:
+    """Per-layer settings for the shrunk layer count: one MoE layer and one group, no shared key/value layers,
+    per-layer type lists cut to the layers."""
+    for key in ("first_k_dense_replace", "first_k_dense", "num_dense_layers", "n_group", "topk_group"):
+        if isinstance(getattr(target, key, None), int) and getattr(target, key) > 1:  # one MoE layer, 1 group
+            setattr(target, key, 1)
+    if getattr(target, "num_kv_shared_layers", None):
+        target.num_kv_shared_layers = 0
+    layers = getattr(target, "num_hidden_layers", None)
+    for key in ("layer_types", "block_types", "layers_block_type", "attn_layer_indices"):
+        found = getattr(target, key, None)
+        if isinstance(found, list) and layers is not None and len(found) > layers:
+            setattr(target, key, found[:layers])
 
 
 def parameters_on_meta(config) -> int:

@@ -207,35 +207,58 @@ def known_reason(name: str) -> int | None:
 
 def summarize(junits: dict[str, Path]) -> int:
     """Print the counts and failures; return the number of failures and errors that are not known."""
-    unexpected = 0
     print("\n== summary")
-    rows, failures = [], []
+    rows, failures, unexpected = _read_junits(junits)
+    _print_counts(rows)
+    unexpected += _print_failures(failures)
+    print(f"\n{unexpected} unexpected failure(s)")
+    return unexpected
+
+
+def _read_junits(junits: dict[str, Path]) -> tuple[list[tuple[str, Counter]], list[tuple[str, str, str, str]], int]:
+    """(file, outcome counts) per junit report, the failures and errors as (file, test, outcome, first line of the
+    message), and the number of reports missing (each reported as it is found)."""
+    rows, failures, missing = [], [], 0
     for which, junit in junits.items():
         counts = Counter()
         if not junit.is_file():
             print(f"{TARGETS[which]}: no junit report (pytest did not run; see its output above)")
-            unexpected += 1
+            missing += 1
             continue
         for case in ET.parse(junit).getroot().iter("testcase"):
-            outcome = "passed"
-            for child in case:
-                if child.tag in ("failure", "error", "skipped"):
-                    outcome = {"failure": "failed", "error": "errors", "skipped": "skipped"}[child.tag]
-                    message = (child.get("message") or child.text or "").strip().splitlines()
-                    first = message[0] if message else ""
-                    if outcome != "skipped":
-                        failures.append((which, case.get("name"), outcome, first))
-                    break
+            outcome, first = _outcome(case)
+            if outcome not in ("passed", "skipped"):
+                failures.append((which, case.get("name"), outcome, first))
             counts[outcome] += 1
         rows.append((which, counts))
+    return rows, failures, missing
+
+
+def _outcome(case: ET.Element) -> tuple[str, str]:
+    """A test case's outcome ("passed", "failed", "errors" or "skipped") and the first line of its message."""
+    for child in case:
+        if child.tag in ("failure", "error", "skipped"):
+            outcome = {"failure": "failed", "error": "errors", "skipped": "skipped"}[child.tag]
+            message = (child.get("message") or child.text or "").strip().splitlines()
+            return outcome, message[0] if message else ""
+    return "passed", ""
+
+
+def _print_counts(rows: list[tuple[str, Counter]]) -> None:
     print(f"{'file':<28} {'passed':>7} {'failed':>7} {'skipped':>8} {'errors':>7}")
     for which, counts in rows:
         file = TARGETS[which].split("::")[0].split("/")[-1]
         print(f"{file:<28} {counts['passed']:>7} {counts['failed']:>7} {counts['skipped']:>8} {counts['errors']:>7}")
+
+
+def _print_failures(failures: list[tuple[str, str, str, str]]) -> int:
+    """Each failure, marked with the KNOWN_FAILURES entry that explains it, then those entries; returns the number
+    of failures none explains."""
     if failures:
         print(
             "\nfailures: test, first line of the error, [known N] (see below and docs/conformance.md) or [UNEXPECTED]"
         )
+    unexpected = 0
     seen = set()
     for which, name, outcome, first in failures:
         known = known_reason(name)
@@ -245,7 +268,6 @@ def summarize(junits: dict[str, Path]) -> int:
     for number, (_, category) in enumerate(KNOWN_FAILURES, start=1):
         if number in seen:
             print(f"  [known {number}] {category}")
-    print(f"\n{unexpected} unexpected failure(s)")
     return unexpected
 
 

@@ -9,6 +9,8 @@ Nothing here is imported by `import peft_grow`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 from transformers import (
     AutoConfig,
@@ -16,6 +18,9 @@ from transformers import (
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
 )
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 VOCAB = 96
@@ -98,7 +103,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 }
 
 
-def _config(name: str, overrides: dict):
+def _config(name: str, overrides: dict) -> tuple[PretrainedConfig, type]:
     if name == "gemma3":  # multimodal: only the language model grows, never the vision tower
         return AutoConfig.for_model(
             "gemma3",
@@ -121,7 +126,9 @@ def _config(name: str, overrides: dict):
 ALL_ARCHITECTURES = sorted(TINY_CONFIGS) + sorted(VARIANTS)
 
 
-def tiny_model(name: str = "llama", dtype: torch.dtype = torch.float32, seed: int = 0, **overrides) -> torch.nn.Module:
+def tiny_model(
+    name: str = "llama", dtype: torch.dtype = torch.float32, seed: int = 0, **overrides: Any
+) -> torch.nn.Module:
     """A randomly initialised tiny model of architecture `name`, with config `overrides`, in eval mode on DEVICE."""
     config, auto = _config(name, overrides)
     torch.manual_seed(seed)

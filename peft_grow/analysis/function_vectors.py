@@ -26,17 +26,21 @@ every answer is determined by its query.
 from __future__ import annotations
 
 import copy
-import inspect
 import random
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from transformers import LlamaForCausalLM
+
+from ..io.loading import cached_forward
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 WORDS_FILE = Path(__file__).resolve().parent / "data" / "function_vector_words.txt"
 TASKS: dict[str, Callable[[str], str]] = {
@@ -151,7 +155,9 @@ def _hooks(handles: list) -> Iterator[None]:
             handle.remove()
 
 
-def _encode(tokenizer, prompts: Sequence[Prompt], device: torch.device) -> tuple[dict, torch.Tensor]:
+def _encode(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], device: torch.device
+) -> tuple[dict, torch.Tensor]:
     """Left-padded inputs (the final token of every row at position -1) and each answer's first token."""
     ids = [tokenizer(p.text)["input_ids"] for p in prompts]
     answers = [tokenizer(" " + p.answer, add_special_tokens=False)["input_ids"][0] for p in prompts]
@@ -173,13 +179,15 @@ def _answer_probs(model: nn.Module, inputs: dict, answers: torch.Tensor) -> torc
 
 
 @torch.no_grad()
-def mean_head_activations(model: nn.Module, tokenizer, prompts: Sequence[Prompt], heads: Heads) -> torch.Tensor:
+def mean_head_activations(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], heads: Heads
+) -> torch.Tensor:
     """[layers, heads, head_dim]: each head's output at the final token, averaged over `prompts`."""
     device = next(model.parameters()).device
     inputs, _ = _encode(tokenizer, prompts, device)
     captured: list[torch.Tensor] = []
 
-    def capture(module, args):
+    def capture(module: nn.Module, args: tuple[Any, ...]) -> None:
         captured.append(args[0][:, -1].float().mean(0).view(heads.num_heads, heads.head_dim))
 
     with _hooks([p.register_forward_pre_hook(capture) for p in heads.projections]):
@@ -189,7 +197,11 @@ def mean_head_activations(model: nn.Module, tokenizer, prompts: Sequence[Prompt]
 
 @torch.no_grad()
 def causal_indirect_effects(
-    model: nn.Module, tokenizer, corrupted: Sequence[Prompt], means: torch.Tensor, heads: Heads
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    corrupted: Sequence[Prompt],
+    means: torch.Tensor,
+    heads: Heads,
 ) -> torch.Tensor:
     """[layers, heads]: the mean rise in the correct answer's probability on `corrupted` prompts when one head's
     output at the final token is replaced by its clean mean (`means`), one head at a time.
@@ -199,14 +211,12 @@ def causal_indirect_effects(
     """
     device = next(model.parameters()).device
     inputs, answers = _encode(tokenizer, corrupted, device)
-    output = model(**{k: v[:, :-1] for k, v in inputs.items()}, use_cache=True, logits_to_keep=1)
-    prefix = output.cache if _CACHE_ARGUMENT == "cache" else output.past_key_values
+    _, prefix = cached_forward(model, **{k: v[:, :-1] for k, v in inputs.items()}, logits_to_keep=1)
     last = {"input_ids": inputs["input_ids"][:, -1:], "position_ids": inputs["position_ids"][:, -1:]}
     last["attention_mask"] = inputs["attention_mask"]
 
     def final_token_probs() -> torch.Tensor:
-        cache = {_CACHE_ARGUMENT: copy.deepcopy(prefix)}
-        logits = model(**last, **cache, use_cache=True, logits_to_keep=1).logits
+        logits = cached_forward(model, copy.deepcopy(prefix), **last, logits_to_keep=1)[0].logits
         return logits[:, -1].float().softmax(-1).gather(1, answers[:, None]).squeeze(1)
 
     baseline = final_token_probs()
@@ -215,7 +225,9 @@ def causal_indirect_effects(
         for head in range(heads.num_heads):
             span = slice(head * heads.head_dim, (head + 1) * heads.head_dim)
 
-            def patch(module, args, span=span, value=means[layer, head]):
+            def patch(
+                module: nn.Module, args: tuple[Any, ...], span: slice = span, value: torch.Tensor = means[layer, head]
+            ) -> tuple[Any, ...]:
                 x = args[0].clone()
                 x[:, -1, span] = value.to(x.dtype)
                 return (x, *args[1:])
@@ -223,10 +235,6 @@ def causal_indirect_effects(
             with _hooks([projection.register_forward_pre_hook(patch)]):
                 effects[layer, head] = (final_token_probs() - baseline).mean().item()
     return effects
-
-
-# transformers renamed the key/value cache argument from past_key_values to cache (5.2x)
-_CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 
 
 def top_heads(effects: torch.Tensor, k: int = 10) -> list[tuple[int, int]]:
@@ -252,7 +260,11 @@ def function_vector(means: torch.Tensor, heads: Heads, chosen: Sequence[tuple[in
 
 @torch.no_grad()
 def zero_shot_accuracy(
-    model: nn.Module, tokenizer, prompts: Sequence[Prompt], vector: torch.Tensor | None = None, layer: int = 0
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Prompt],
+    vector: torch.Tensor | None = None,
+    layer: int = 0,
 ) -> float:
     """Top-1 accuracy of the answer's first token; with `vector`, added to the output of decoder layer `layer`
     at the final token (Todd et al. add it to a layer about a third of the way up)."""
@@ -261,7 +273,9 @@ def zero_shot_accuracy(
     handles = []
     if vector is not None:
 
-        def add(module, args, output):
+        def add(
+            module: nn.Module, args: tuple[Any, ...], output: torch.Tensor | tuple[Any, ...]
+        ) -> torch.Tensor | tuple[Any, ...]:
             hidden = output[0] if isinstance(output, tuple) else output
             hidden = hidden.clone()
             hidden[:, -1] += vector.to(hidden.device, hidden.dtype)
@@ -290,7 +304,7 @@ class FunctionVectorResult:
 
 def analyze(
     model: nn.Module,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     task: str,
     n_prompts: int = 32,
     shots: int = 5,

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from peft import get_peft_model
@@ -214,7 +215,7 @@ def plan_costs(
     init: str = "copy",
     autocast_adapter_dtype: bool = True,
     reference_lora_rank: int = REFERENCE_LORA_RANK,
-    **grow_kwargs,
+    **grow_kwargs: Any,
 ) -> PlanCosts:
     """Parameter counts and training memory of growing a model, without loading its weights.
 

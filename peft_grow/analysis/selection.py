@@ -17,12 +17,16 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..io.loading import token_windows
 from ..tuner.architectures import find_mlps
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 Batch = dict[str, torch.Tensor]  # model inputs with `labels`, as a transformers model takes them
 
@@ -80,7 +84,9 @@ class TextTooShortError(ValueError):
         )
 
 
-def text_batches(tokenizer, text: str, seq_len: int, batch: int, steps: int, seed: int = 0) -> list[Batch]:
+def text_batches(
+    tokenizer: PreTrainedTokenizerBase, text: str, seq_len: int, batch: int, steps: int, seed: int = 0
+) -> list[Batch]:
     """`steps` batches of a plain text, for `pilot_ranking` or `gradient_ranking`.
 
     The text is tokenised as one stream and cut into non-overlapping `seq_len`-token windows (`token_windows`,

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import torch
 
 from .._extras import require
 from ..tuner.architectures import find_mlps
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 
 def effective_rank(matrix: torch.Tensor) -> float:
@@ -48,7 +54,7 @@ class UpdateRankRecorder:
             self.norms.append([float(update.norm()) for update in updates])
         self._previous = current
 
-    def plot(self, path, title: str = "effective rank of the up-projection update") -> None:
+    def plot(self, path: Path | str, title: str = "effective rank of the up-projection update") -> None:
         """Save the heat map (layers across, checkpoints down, lighter = higher rank) as a PNG."""
         require("matplotlib", "UpdateRankRecorder.plot").use("Agg")
         import matplotlib.pyplot as plt
@@ -76,15 +82,29 @@ def _up_weights(model: torch.nn.Module) -> dict[tuple[str, int], torch.Tensor]:
     }
 
 
-def update_rank_callback(recorder: UpdateRankRecorder, every: int):
+def update_rank_callback(recorder: UpdateRankRecorder, every: int) -> TrainerCallback:
     """A transformers TrainerCallback that feeds `recorder` at step 0 and every `every` optimizer steps."""
     from transformers import TrainerCallback
 
     class UpdateRankCallback(TrainerCallback):
-        def on_train_begin(self, args, state, control, model=None, **kwargs):
+        def on_train_begin(
+            self,
+            args: TrainingArguments,
+            state: TrainerState,
+            control: TrainerControl,
+            model: torch.nn.Module | None = None,
+            **kwargs: Any,
+        ) -> None:
             recorder.record(model, state.global_step)
 
-        def on_step_end(self, args, state, control, model=None, **kwargs):
+        def on_step_end(
+            self,
+            args: TrainingArguments,
+            state: TrainerState,
+            control: TrainerControl,
+            model: torch.nn.Module | None = None,
+            **kwargs: Any,
+        ) -> None:
             if state.global_step % every == 0:
                 recorder.record(model, state.global_step)
 

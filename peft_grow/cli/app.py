@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from transformers.utils import logging as hf_logging
@@ -46,6 +46,7 @@ from .render import (
 
 if TYPE_CHECKING:
     from torch import nn
+    from transformers import PreTrainedTokenizerBase
 
     from ..analysis.selection import Batch
 
@@ -301,7 +302,7 @@ def _check_merge_inputs(adapter: str, out: str, overwrite: bool) -> None:
     GrowConfig.from_pretrained(adapter)
 
 
-def _merge_and_write(base: str, adapter: str, out: str, **save_options) -> tuple[nn.Module, str]:
+def _merge_and_write(base: str, adapter: str, out: str, **save_options: Any) -> tuple[nn.Module, str]:
     """Load BASE, put ADAPTER on it, merge and write OUT (`save_merged` with `save_options`), showing the steps;
     (the merged model, the architecture BASE was loaded as)."""
     from peft import PeftModel
@@ -396,7 +397,7 @@ def function_vectors_command(
     print_function_vectors(results, task.value, prompts, shots, top, console)
 
 
-def _load_for_analysis(base: str, path: str):
+def _load_for_analysis(base: str, path: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """A model and `base`'s tokenizer: `path` itself, or an adapter folder loaded onto `base`."""
     import transformers
     from peft import PeftModel

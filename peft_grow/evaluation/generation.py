@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..io.loading import token_windows
 from .data import Example
 from .metrics import METRICS, bleu, choice_accuracy, exact_match
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @contextmanager
@@ -23,7 +27,7 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def pad_token_id(tokenizer) -> int:
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The id to pad batches with: the pad token, else end-of-sequence, else unknown, else 0."""
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
         if candidate is not None:
@@ -34,7 +38,7 @@ def pad_token_id(tokenizer) -> int:
 @torch.no_grad()
 def generate_answers(
     model: torch.nn.Module,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     max_new_tokens: int = 16,
     batch_size: int = 8,
@@ -68,7 +72,7 @@ def generate_answers(
 
 def score_generation(
     model: torch.nn.Module,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[Example],
     metric: str = "exact_match",
     max_new_tokens: int | None = None,
@@ -95,7 +99,7 @@ def score_generation(
 @torch.no_grad()
 def reference_loss(
     model: torch.nn.Module,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     text_or_ids: str | Sequence[int] | torch.Tensor,
     seq_len: int = 128,
     batch_size: int = 8,
@@ -124,7 +128,7 @@ def reference_loss(
     return total / count
 
 
-def _as_ids(tokenizer, text_or_ids: str | Sequence[int] | torch.Tensor) -> torch.Tensor:
+def _as_ids(tokenizer: PreTrainedTokenizerBase, text_or_ids: str | Sequence[int] | torch.Tensor) -> torch.Tensor:
     if isinstance(text_or_ids, str):
         return torch.tensor(tokenizer(text_or_ids)["input_ids"], dtype=torch.long)
     return torch.as_tensor(text_or_ids, dtype=torch.long).flatten()
@@ -132,7 +136,7 @@ def _as_ids(tokenizer, text_or_ids: str | Sequence[int] | torch.Tensor) -> torch
 
 def loss_with_and_without_adapter(
     peft_model: torch.nn.Module,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     text_or_ids: str | Sequence[int] | torch.Tensor,
     seq_len: int = 128,
     batch_size: int = 8,

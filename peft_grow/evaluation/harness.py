@@ -7,13 +7,17 @@ import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .._extras import require
 from .data import RETENTION_TASKS, TASK_FILES, data_file, resolve_data_dir
 from .generation import eval_mode
+
+if TYPE_CHECKING:
+    from lm_eval.tasks import TaskManager
+    from transformers import PreTrainedTokenizerBase
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"  # lm-eval task definitions: --include_path this folder
 TASK_PREFIX = "grow_"  # our task names never clash with lm-eval's built-in ones
@@ -31,7 +35,7 @@ def task_name(name: str) -> str:
     return TASK_PREFIX + short
 
 
-def task_manager(data_dir: str | os.PathLike | None = None, include_defaults: bool = False):
+def task_manager(data_dir: str | os.PathLike | None = None, include_defaults: bool = False) -> TaskManager:
     """An lm_eval TaskManager that knows the packaged tasks and reads their data from `data_dir`.
 
     The directory reaches the tasks' loaders as task metadata, the same path as `--metadata` on the lm_eval
@@ -46,7 +50,7 @@ def task_manager(data_dir: str | os.PathLike | None = None, include_defaults: bo
 
 def evaluate_tasks(
     model: torch.nn.Module,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     tasks: Sequence[str] = DEFAULT_RETENTION_TASKS,
     data_dir: str | os.PathLike | None = None,
     limit: int | float | None = None,
@@ -77,7 +81,7 @@ def evaluate_tasks(
 
 def retention(
     model: torch.nn.Module,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     tasks: Sequence[str] = DEFAULT_RETENTION_TASKS,
     data_dir: str | os.PathLike | None = None,
     limit: int | float | None = None,

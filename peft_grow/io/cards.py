@@ -9,8 +9,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from huggingface_hub import ModelCard, ModelCardData
+
+if TYPE_CHECKING:
+    from ..tuner.config import GrowConfig
 
 TAGS = ["peft-grow", "grow-dont-overwrite"]
 BEGIN, END = "<!-- peft-grow:begin -->", "<!-- peft-grow:end -->"
@@ -25,7 +29,7 @@ AUTO_CLASS = {
 MODE_NAMES = {"freeze": "G-Freeze (only the new units train)", "train": "G-Train (up side trains, down frozen)"}
 
 
-def write_adapter_card(folder: str | os.PathLike, config) -> Path:
+def write_adapter_card(folder: str | os.PathLike, config: GrowConfig) -> Path:
     """Add the peft-grow section, tags and base model to the README.md of an adapter folder (made if absent)."""
     auto_class = AUTO_CLASS.get(str(config.task_type or "").upper(), "AutoModelForCausalLM")
     base = config.base_model_name_or_path or "BASE_MODEL"
@@ -54,7 +58,9 @@ merged = model.merge_and_unload()  # optional: one model with wider MLPs
     return _write(Path(folder), body, library_name="peft", base_model=config.base_model_name_or_path)
 
 
-def write_merged_card(folder: str | os.PathLike, config, layout: str, architecture: str, widths: list[int]) -> Path:
+def write_merged_card(
+    folder: str | os.PathLike, config: GrowConfig, layout: str, architecture: str, widths: list[int]
+) -> Path:
     """README.md of a merged checkpoint: what was grown, the layout, and how to load it."""
     base = f"`{config.base_model_name_or_path}`" if config.base_model_name_or_path else "The base model"
     if layout == "pad":
@@ -114,13 +120,13 @@ def _write(folder: Path, body: str, library_name: str, base_model: str | None) -
     return path
 
 
-def _where(config) -> str:
+def _where(config: GrowConfig) -> str:
     if config.layers is None:
         return "every layer"
     return ("layer " if len(config.layers) == 1 else "layers ") + ", ".join(str(i) for i in config.layers)
 
 
-def _layers(config) -> str:
+def _layers(config: GrowConfig) -> str:
     return "(all)" if config.layers is None else ", ".join(str(i) for i in config.layers)
 
 
@@ -129,7 +135,7 @@ def _widths(widths: list[int]) -> str:
     return str(unique[0]) if len(unique) == 1 else ", ".join(str(w) for w in widths)
 
 
-def _settings(config) -> str:
+def _settings(config: GrowConfig) -> str:
     rows = {
         "layers": _layers(config),
         "growth factor k": config.k,

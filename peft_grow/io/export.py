@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file
@@ -23,9 +25,12 @@ from ..tuner.tensors import is_conv1d, set_projection
 from .cards import write_merged_card
 from .loading import architecture_class
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+
 
 def save_merged(
-    model,
+    model: PeftModel,
     out_dir: str | os.PathLike,
     layout: str = "pad",
     dtype: torch.dtype | str | None = None,
@@ -60,7 +65,7 @@ def save_merged(
     return merged
 
 
-def save_adapter(model, out_dir: str | os.PathLike, overwrite: bool = False, **kwargs) -> None:
+def save_adapter(model: PeftModel, out_dir: str | os.PathLike, overwrite: bool = False, **kwargs: Any) -> None:
     """`model.save_pretrained(out_dir, **kwargs)`, atomically: PEFT writes its files one by one into the target,
     so an interrupted save would leave a folder that looks like an adapter; this writes beside it and renames."""
     out_dir = Path(out_dir)
@@ -69,7 +74,7 @@ def save_adapter(model, out_dir: str | os.PathLike, overwrite: bool = False, **k
     _write_atomically(out_dir, overwrite, lambda folder: model.save_pretrained(folder, **kwargs))
 
 
-def load_merged(path: str | os.PathLike, **kwargs) -> nn.Module:
+def load_merged(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
     """Load a merged checkpoint in either layout (a local folder or a Hub id).
 
     A `pad` checkpoint is a standard one, loaded with `from_pretrained(path, **kwargs)`; a `per-layer` checkpoint
@@ -119,7 +124,7 @@ def load_merged(path: str | os.PathLike, **kwargs) -> nn.Module:
     return model.eval()
 
 
-def _write_atomically(target: Path, overwrite: bool, write) -> None:
+def _write_atomically(target: Path, overwrite: bool, write: Callable[[Path], object]) -> None:
     """Run `write(tmp_dir)` and move the result to `target` in one rename; on any failure remove `tmp_dir`."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))

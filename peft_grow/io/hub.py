@@ -10,11 +10,25 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import HfApi
 
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
-def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None = None, token=None, **kwargs):
+    from huggingface_hub import CommitInfo
+    from peft import PeftModel
+
+
+def push_folder_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    **kwargs: Any,
+) -> CommitInfo | Future[CommitInfo]:
     """Upload `folder` (an adapter folder or a merged checkpoint) to `repo_id` unchanged; `kwargs` go to
     `HfApi.upload_folder` (e.g. `commit_message`, `revision`, `create_pr`)."""
     folder = Path(folder)
@@ -28,7 +42,14 @@ def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool
     return api.upload_folder(folder_path=str(folder), repo_id=repo_id, **kwargs)
 
 
-def push_adapter_to_hub(model, repo_id: str, *, private: bool | None = None, token=None, **kwargs):
+def push_adapter_to_hub(
+    model: PeftModel,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    **kwargs: Any,
+) -> CommitInfo | Future[CommitInfo]:
     """`model.save_pretrained` into a temporary folder, then upload that folder exactly as written."""
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)

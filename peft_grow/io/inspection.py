@@ -374,6 +374,14 @@ def _experts_shape_issues(tensors: dict[str, TensorInfo], k: int) -> list[str]:
     if len(counts) > 1:
         issues.append(f"the tensors disagree on the number of experts: {sorted(counts)}.")
     new_rows, hidden = shapes["new_weight"][1:]
+    issues.extend(_experts_up_issues(shapes, new_rows, k))
+    issues.extend(_experts_down_issues(shapes, new_rows, hidden, k))
+    return issues
+
+
+def _experts_up_issues(shapes: dict[str, tuple[int, ...]], new_rows: int, k: int) -> list[str]:
+    """The up side of `_experts_shape_issues`: new rows, the G-Train delta and the biases against their rows."""
+    issues = []
     if new_rows % (k - 1):
         issues.append(f"grow_new_weight has {new_rows} new rows per expert, not a multiple of k-1={k - 1}.")
     if "delta_weight" in shapes and shapes["delta_weight"][1] * (k - 1) != new_rows:
@@ -382,6 +390,12 @@ def _experts_shape_issues(tensors: dict[str, TensorInfo], k: int) -> list[str]:
         rows_of = shapes["new_weight" if kind == "new_bias" else "delta_weight"][1] if kind in shapes else None
         if rows_of is not None and shapes[kind][1] != rows_of:
             issues.append(f"grow_{kind} has {shapes[kind][1]} entries per expert for {rows_of} rows.")
+    return issues
+
+
+def _experts_down_issues(shapes: dict[str, tuple[int, ...]], new_rows: int, hidden: int, k: int) -> list[str]:
+    """The down side of `_experts_shape_issues`: new down columns and the G-Train noise against the up side."""
+    issues = []
     for kind, blocks in (("new_down_weight", k - 1), ("noise", k)):
         if kind not in shapes:
             continue
@@ -409,62 +423,95 @@ def _shape_issues(
     return min(results, key=lambda issues: (any(_HIDDEN_MISMATCH in issue for issue in issues), len(issues)))
 
 
-def _shape_issues_in_layout(ups, down, tensors, chunks_of, k, conv1d: bool) -> list[str]:
-    issues: list[str] = []
-    hidden: set[int] = set()
+def _shape_issues_in_layout(
+    ups: list[str],
+    down: str,
+    tensors: dict[str, dict[str, TensorInfo]],
+    chunks_of: dict[str, int],
+    k: int,
+    conv1d: bool,
+) -> list[str]:
+    # Every tensor implies p, the width of one block of one projection: a G-Train delta has chunks*p rows (exact,
+    # whatever k), new up rows (k-1)*chunks*p, new down columns (k-1)*p, the G-Train noise k*p. All must agree.
+    shapes = _LayoutShapes(tensors, k, conv1d)
+    for up in ups:
+        shapes.check_delta(up, chunks_of[up])
+    shapes.estimate(shapes.width_of(down, "new_weight", "down"), k - 1, "(k-1)", f"{down}.grow_new_weight")
+    for up in ups:
+        shapes.check_new(up, chunks_of[up])
+    shapes.estimate(shapes.width_of(down, "noise", "down"), k, "k", f"{down}.grow_noise")
+    shapes.check_agreement()
+    return shapes.issues
 
-    def width_of(module: str, kind: str, role: str) -> int | None:
-        info = tensors[module].get(kind)
+
+@dataclass
+class _LayoutShapes:
+    """The widths one MLP's tensors give when read in one layout (Linear, or Conv1D's transposed), the estimates
+    of p they imply, and the issues found on the way (`_shape_issues_in_layout`)."""
+
+    tensors: dict[str, dict[str, TensorInfo]]
+    k: int
+    conv1d: bool
+    issues: list[str] = field(default_factory=list)
+    hidden: set[int] = field(default_factory=set)
+    estimates: list[tuple[int, str]] = field(default_factory=list)
+
+    def width_of(self, module: str, kind: str, role: str) -> int | None:
+        """The MLP-side width of a tensor (entries of a bias); records its hidden size. None if absent or of the
+        wrong rank (an issue)."""
+        info = self.tensors[module].get(kind)
         if info is None:
             return None
         if kind.endswith("bias"):
             if len(info.shape) != 1:
-                issues.append(f"{info.name} has shape {list(info.shape)}, expected a vector.")
+                self.issues.append(f"{info.name} has shape {list(info.shape)}, expected a vector.")
                 return None
             return info.shape[0]
         if len(info.shape) != 2:
-            issues.append(f"{info.name} has shape {list(info.shape)}, expected a matrix.")
+            self.issues.append(f"{info.name} has shape {list(info.shape)}, expected a matrix.")
             return None
         rows, cols = info.shape
-        out_dim, in_dim = (cols, rows) if conv1d else (rows, cols)
+        out_dim, in_dim = (cols, rows) if self.conv1d else (rows, cols)
         width, h = (out_dim, in_dim) if role == "up" else (in_dim, out_dim)
-        hidden.add(h)
+        self.hidden.add(h)
         return width
 
-    # Every tensor implies p, the width of one block of one projection: a G-Train delta has chunks*p rows (exact,
-    # whatever k), new up rows (k-1)*chunks*p, new down columns (k-1)*p, the G-Train noise k*p. All must agree.
-    estimates: list[tuple[int, str]] = []
-
-    def estimate(width: int | None, factor: int, formula: str, source: str) -> None:
+    def estimate(self, width: int | None, factor: int, formula: str, source: str) -> None:
+        """Record the p that `width` = `formula`*p implies, or the issue that it is not a multiple."""
         if width is None:
             return
         if width % factor:
-            issues.append(f"{source} is {width} wide, not a multiple of {formula}={factor} (k={k}).")
+            self.issues.append(f"{source} is {width} wide, not a multiple of {formula}={factor} (k={self.k}).")
         else:
-            estimates.append((width // factor, f"{source} ({width} = {formula}*p)"))
+            self.estimates.append((width // factor, f"{source} ({width} = {formula}*p)"))
 
-    for up in ups:
-        delta = width_of(up, "delta_weight", "up")
-        estimate(delta, chunks_of[up], "chunks", f"{up}.grow_delta_weight")
-        delta_bias = width_of(up, "delta_bias", "up")
-        if delta_bias is not None and delta is not None and delta_bias != delta:
-            issues.append(f"{up}.grow_delta_bias has {delta_bias} entries for {delta} rows.")
-    estimate(width_of(down, "new_weight", "down"), k - 1, "(k-1)", f"{down}.grow_new_weight")
-    for up in ups:
-        new = width_of(up, "new_weight", "up")
-        estimate(new, (k - 1) * chunks_of[up], "(k-1)*chunks", f"{up}.grow_new_weight")
-        new_bias = width_of(up, "new_bias", "up")
-        if new_bias is not None and new is not None and new_bias != new:
-            issues.append(f"{up}.grow_new_bias has {new_bias} entries for {new} new rows.")
-    estimate(width_of(down, "noise", "down"), k, "k", f"{down}.grow_noise")
-    if estimates:
-        block, reference = estimates[0]
-        for value, source in estimates[1:]:
-            if value != block:
-                issues.append(f"{source} gives p={value}, but {reference} gives p={block}.")
-    if len(hidden) > 1:
-        issues.append(f"{_HIDDEN_MISMATCH}: {sorted(hidden)}.")
-    return issues
+    def check_delta(self, up: str, chunks: int) -> None:
+        """G-Train's delta on an up-side module's original rows (chunks*p of them) and its bias."""
+        rows = self.width_of(up, "delta_weight", "up")
+        self.estimate(rows, chunks, "chunks", f"{up}.grow_delta_weight")
+        self.check_bias(up, "delta_bias", rows, "rows")
+
+    def check_new(self, up: str, chunks: int) -> None:
+        """An up-side module's new rows ((k-1)*chunks*p of them) and their bias."""
+        rows = self.width_of(up, "new_weight", "up")
+        self.estimate(rows, (self.k - 1) * chunks, "(k-1)*chunks", f"{up}.grow_new_weight")
+        self.check_bias(up, "new_bias", rows, "new rows")
+
+    def check_bias(self, up: str, kind: str, rows: int | None, what: str) -> None:
+        """A bias of an up-side module, one entry per row of its weight."""
+        entries = self.width_of(up, kind, "up")
+        if entries is not None and rows is not None and entries != rows:
+            self.issues.append(f"{up}.grow_{kind} has {entries} entries for {rows} {what}.")
+
+    def check_agreement(self) -> None:
+        """Every estimate of p against the first, and one hidden size."""
+        if self.estimates:
+            block, reference = self.estimates[0]
+            for value, source in self.estimates[1:]:
+                if value != block:
+                    self.issues.append(f"{source} gives p={value}, but {reference} gives p={block}.")
+        if len(self.hidden) > 1:
+            self.issues.append(f"{_HIDDEN_MISMATCH}: {sorted(self.hidden)}.")
 
 
 def _check_layers(config: dict, grown: set[tuple[str, int]], problems: list[str]) -> None:

@@ -120,7 +120,9 @@ def forward_in_place(
     return out.view(*x.shape[:-1], wide)
 
 
-def project_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias, conv1d: bool) -> None:
+def project_into(
+    out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv1d: bool
+) -> None:
     """out = x @ W^T + b with `project`'s arithmetic, written into `out` (a block of columns of a larger matrix)
     so that forward_in_place needs no intermediate output to copy."""
     weight = weight if conv1d else weight.t()

@@ -15,7 +15,9 @@ inputs), or holds no real weights (the meta device), the check is skipped.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,9 @@ from torch import nn
 from .architectures import GrownMLP, UnsupportedArchitectureError
 from .tensors import PROJECTIONS
 
+if TYPE_CHECKING:
+    from .config import GrowConfig
+
 logger = logging.getLogger(__name__)
 
 # largest |difference| allowed, relative to the largest |output|: float32 rounding, or a few 16-bit steps
@@ -31,13 +36,13 @@ TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
 LOW_PRECISION_TOLERANCE = 3e-2
 
 
-def check_growth_preserves(model: nn.Module, mlps: list[GrownMLP], config) -> None:
+def check_growth_preserves(model: nn.Module, mlps: list[GrownMLP], config: GrowConfig) -> None:
     """Raise UnsupportedArchitectureError if growing any of `mlps` as `config` says changes that MLP's output."""
     for mlp in mlps:
         _check_one(model, mlp, config)
 
 
-def _check_one(model: nn.Module, mlp: GrownMLP, config) -> None:
+def _check_one(model: nn.Module, mlp: GrownMLP, config: GrowConfig) -> None:
     if mlp.experts:
         _check_experts(model, mlp, config)
         return
@@ -79,7 +84,7 @@ def _check_one(model: nn.Module, mlp: GrownMLP, config) -> None:
     )
 
 
-def _check_experts(model: nn.Module, mlp: GrownMLP, config) -> None:
+def _check_experts(model: nn.Module, mlp: GrownMLP, config: GrowConfig) -> None:
     """The same check for a fused experts module, run directly on tokens routed to every expert."""
     from .experts import experts_layout, preserves_function
 
@@ -113,7 +118,7 @@ def _beyond_rounding(difference: float, scale: float, dtype: torch.dtype) -> str
 
 
 @contextmanager
-def _grown(model: nn.Module, mlp: GrownMLP, config, generator: torch.Generator):
+def _grown(model: nn.Module, mlp: GrownMLP, config: GrowConfig, generator: torch.Generator) -> Iterator[None]:
     """The MLP computes as grown k times at its start, through hooks, without a copy of any weight.
 
     Up side: each chunk's output gains k-1 copies (copy init) or the output of fresh random rows (zero init).
@@ -123,7 +128,7 @@ def _grown(model: nn.Module, mlp: GrownMLP, config, generator: torch.Generator):
     """
     k, chunks, p = config.k, mlp.chunks, mlp.width
 
-    def widen(module, args, out):
+    def widen(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
         if config.init == "copy":
             return torch.cat([torch.cat([c] * k, dim=-1) for c in out.chunk(chunks, dim=-1)], dim=-1)
         x = args[0]
@@ -132,7 +137,7 @@ def _grown(model: nn.Module, mlp: GrownMLP, config, generator: torch.Generator):
         pairs = zip(out.chunk(chunks, dim=-1), fresh.chunk(chunks, dim=-1), strict=True)
         return torch.cat([part for pair in pairs for part in pair], dim=-1)
 
-    def narrow(module, args):
+    def narrow(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         blocks = args[0].unflatten(-1, (k, p))
         return (blocks.mean(dim=-2) if config.init == "copy" else blocks[..., 0, :], *args[1:])
 
@@ -164,7 +169,7 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-def _first_tensor(output) -> torch.Tensor:
+def _first_tensor(output: object) -> torch.Tensor:
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
@@ -173,7 +178,7 @@ def _first_tensor(output) -> torch.Tensor:
 
 
 @contextmanager
-def _evaluating(module: nn.Module):
+def _evaluating(module: nn.Module) -> Iterator[None]:
     """Dropout off during the check; every submodule's mode restored after."""
     modes = {m: m.training for m in module.modules()}
     module.eval()

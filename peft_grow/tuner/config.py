@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from peft.config import PeftConfig
 
@@ -207,7 +207,7 @@ class GrowConfig(PeftConfig):
             return False
         return self.mode == "train" or self.k >= 3
 
-    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
         """Write adapter_config.json and give the folder's README.md the peft-grow section and tags.
 
         PeftModel.save_pretrained writes its model card before the config, so the card is already there to update.
@@ -219,7 +219,9 @@ class GrowConfig(PeftConfig):
         write_adapter_card(save_directory, self)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs):
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any
+    ) -> GrowConfig:
         """Load the config; for a local adapter folder, also check that its weights file is readable.
 
         PEFT loads the weights right after the config, and a truncated or corrupt file would otherwise surface

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -29,6 +30,9 @@ from torch.func import functional_call
 from .layer import GrowLayer, GrowSettings, zero_sum_noise
 from .stores import EXPERTS, filled_stores
 from .tensors import interleave
+
+if TYPE_CHECKING:
+    from .config import GrowConfig
 
 DECORATOR_ATTRIBUTES = ("has_gate", "has_bias", "is_transposed", "is_concatenated")
 
@@ -125,7 +129,9 @@ def grown_tensors(
     return tensors
 
 
-def initial_parts(module: nn.Module, layout: ExpertsLayout, config, generator=None) -> dict[str, torch.Tensor]:
+def initial_parts(
+    module: nn.Module, layout: ExpertsLayout, config: GrowConfig, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
     """The new tensors of one adapter at their function-preserving start, keyed by grown_tensors' arguments."""
     up = _canonical(getattr(module, layout.up), layout.transposed).detach()
     down = _canonical(module.down_proj, layout.transposed).detach()
@@ -186,7 +192,7 @@ class GrowExpertsLayer(nn.Module, GrowLayer):
 
     adapter_layer_names = (*GrowLayer.adapter_layer_names, "grow_new_down_weight")
 
-    def __init__(self, base_layer: nn.Module, adapter_name: str, config, **kwargs) -> None:
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: GrowConfig, **kwargs: Any) -> None:
         nn.Module.__init__(self)
         layout = experts_layout(base_layer)
         if layout is None:
@@ -203,7 +209,7 @@ class GrowExpertsLayer(nn.Module, GrowLayer):
 
     out_features = in_features
 
-    def update_layer(self, adapter_name: str, config, **kwargs) -> None:
+    def update_layer(self, adapter_name: str, config: GrowConfig, **kwargs: Any) -> None:
         base = self.get_base_layer()
         with torch.no_grad():
             for argument, tensor in initial_parts(base, self.layout, config).items():
@@ -221,7 +227,7 @@ class GrowExpertsLayer(nn.Module, GrowLayer):
         parts = {argument: store[name] if name in store else None for argument, store in stores.items()}  # noqa: SIM401
         return grown_tensors(self.get_base_layer(), self.layout, self.grow_settings[name], **parts)
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The experts module's own forward on the wide tensors (GrowLayer's head reads one weight and one input;
         an experts module takes several, positionally or by name, and they pass through as they come)."""
         name = self._active_grown()
@@ -286,7 +292,7 @@ def pad_experts(module: nn.Module, extra: int) -> None:
         module._parameters[key] = nn.Parameter(tensor.contiguous(), requires_grad=original.requires_grad)
 
 
-def preserves_function(module: nn.Module, layout: ExpertsLayout, config) -> tuple[float, float] | str:
+def preserves_function(module: nn.Module, layout: ExpertsLayout, config: GrowConfig) -> tuple[float, float] | str:
     """Run the experts module on random tokens routed to every expert, as it is and grown at its start:
     (largest |difference|, largest |output|), or why it could not run grown."""
     experts, hidden, _ = experts_shape(module, layout)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,9 @@ from .quantization import (
 )
 from .stores import DOWN, UP, filled_stores
 from .tensors import PROJECTIONS, interleave, is_conv1d, linear_layout, linear_shape, set_projection
+
+if TYPE_CHECKING:
+    from .config import GrowConfig
 
 
 @dataclass(frozen=True)
@@ -190,7 +194,7 @@ class GrowLayer(BaseTunerLayer):
 
     # -- adapters --
     def _finish_update(
-        self, adapter_name: str, settings: GrowSettings, config, perturbation: Callable[[], torch.Tensor]
+        self, adapter_name: str, settings: GrowSettings, config: GrowConfig, perturbation: Callable[[], torch.Tensor]
     ) -> None:
         """The tail of every update_layer, once the new tensors are stored: record `settings`; for init_weights=False
         add noise of std `perturbation()` (computed only then) to the trained tensors; move the new tensors to the
@@ -222,7 +226,7 @@ class GrowLayer(BaseTunerLayer):
     _active_parts = _fast_paths.active_parts  # decode fast paths: see _fast_paths
     _is_bare = staticmethod(_fast_paths.is_bare)
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         name = self._active_grown()
         if name is None:
             return self._base_forward(x, *args, **kwargs)
@@ -245,7 +249,7 @@ class GrowLayer(BaseTunerLayer):
         """The output with adapter `name` applied unmerged, from the tensors `_active_parts` read."""
         raise NotImplementedError
 
-    def _base_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def _base_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The wrapped layer alone. A quantized layer merged into a plain one computes in the quantized layer's
         compute dtype, and casts as bitsandbytes does (inputs in, outputs back)."""
         if self.quantized and self.merged:
@@ -337,12 +341,14 @@ class GrowLayer(BaseTunerLayer):
 class GrowUpLayer(nn.Module, GrowLayer):
     """An up-side projection h -> c*p that outputs c*k*p: the original rows, then k-1 copies, per chunk."""
 
-    def __init__(self, base_layer: nn.Module, adapter_name: str, config, chunks: int = 1, **kwargs) -> None:
+    def __init__(
+        self, base_layer: nn.Module, adapter_name: str, config: GrowConfig, chunks: int = 1, **kwargs: Any
+    ) -> None:
         nn.Module.__init__(self)
         GrowLayer.__init__(self, base_layer)
         self.update_layer(adapter_name, config, chunks)
 
-    def update_layer(self, adapter_name: str, config, chunks: int = 1) -> None:
+    def update_layer(self, adapter_name: str, config: GrowConfig, chunks: int = 1) -> None:
         settings = GrowSettings(config.k, config.mode, config.init, chunks)
         base = self.get_base_layer()
         weight = self._linear_weight()  # [c*p, h]
@@ -440,12 +446,12 @@ class GrowDownLayer(nn.Module, GrowLayer):
 
     widens_input = True
 
-    def __init__(self, base_layer: nn.Module, adapter_name: str, config, **kwargs) -> None:
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: GrowConfig, **kwargs: Any) -> None:
         nn.Module.__init__(self)
         GrowLayer.__init__(self, base_layer)
         self.update_layer(adapter_name, config)
 
-    def update_layer(self, adapter_name: str, config, **kwargs) -> None:
+    def update_layer(self, adapter_name: str, config: GrowConfig, **kwargs: Any) -> None:
         settings = GrowSettings(config.k, config.mode, config.init)
         weight = self._linear_weight()  # [h, p]
         k = config.k

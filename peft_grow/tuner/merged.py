@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import copy
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .architectures import WIDTH_KEYS, find_mlps, resolve_layout
+from .architectures import WIDTH_KEYS, GrownMLP, find_mlps, resolve_layout
 from .config import GrowConfig
 from .experts import experts_layout, pad_experts
 from .tensors import interleave, is_conv1d, linear_layout, linear_shape, set_projection
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 logger = logging.getLogger(__name__)
 LAYOUTS = ("pad", "per-layer")
@@ -96,7 +100,7 @@ def _describe_mixture(merged: nn.Module, config: GrowConfig, mlps: list, layout:
     _record_shapes(merged, mlps)
 
 
-def _scaled_widths(model_config, k: int) -> dict[str, int]:
+def _scaled_widths(model_config: PretrainedConfig, k: int) -> dict[str, int]:
     """Every MLP width the config names (dotted for a text sub-config), times k."""
     return {
         prefix + key: k * getattr(node, key)
@@ -120,7 +124,7 @@ def _builds_merged_shapes(merged: nn.Module, widths: dict[str, int]) -> bool:
     return all(expected[key].shape == tensor.shape for key, tensor in merged.state_dict().items() if key in expected)
 
 
-def _record_shapes(merged: nn.Module, mlps: list) -> None:
+def _record_shapes(merged: nn.Module, mlps: list[GrownMLP]) -> None:
     """The per-layer layout: every grown module's shape under SHAPES_KEY, [in, out] for a projection and the
     full shape of each 3-D tensor (`<module>.<tensor>`) of an experts module."""
     shapes = {}
@@ -134,7 +138,7 @@ def _record_shapes(merged: nn.Module, mlps: list) -> None:
     setattr(merged.config, SHAPES_KEY, shapes)
 
 
-def _pad_mlp(model: nn.Module, mlp, width: int) -> None:
+def _pad_mlp(model: nn.Module, mlp: GrownMLP, width: int) -> None:
     """Widen one MLP to `width` with units that contribute exactly zero: zero up rows, zero down columns."""
     extra = width - mlp.width
     if extra == 0:
@@ -161,7 +165,7 @@ def parameter_like(value: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
     return nn.Parameter(value.contiguous(), requires_grad=like.requires_grad)
 
 
-def _set_config_width(config, key: str, width: int) -> None:
+def _set_config_width(config: PretrainedConfig, key: str, width: int) -> None:
     *parents, leaf = key.split(".")
     for parent in parents:
         config = getattr(config, parent)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from peft.config import PeftConfig
 from peft.tuners.tuners_utils import (
     BaseTuner,
     _filter_state_dict_by_key_prefixes,
@@ -44,7 +47,7 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-def _refuse_saving_grown_modules(config, grown: list[str]) -> None:
+def _refuse_saving_grown_modules(config: GrowConfig, grown: list[str]) -> None:
     """A projection that growth widens cannot also be a full trainable copy (modules_to_save): the copy keeps
     the old width, and the MLP around it would be half grown."""
     for entry in config.modules_to_save or []:
@@ -77,7 +80,7 @@ class GrowModel(BaseTuner):
         adapter_name: str,
         autocast_adapter_dtype: bool = True,
         low_cpu_mem_usage: bool = False,
-        state_dict=None,
+        state_dict: dict[str, torch.Tensor] | None = None,
     ) -> None:
         # The config alone determines which modules grow and in which role (up or down), so we resolve that here,
         # with the model at hand, and hand PEFT the exact module names. A state_dict cannot tell the roles (a
@@ -107,7 +110,16 @@ class GrowModel(BaseTuner):
             autocast_adapter_dtype = False
         super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
 
-    def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key, **kwargs) -> None:
+    def _create_and_replace(
+        self,
+        config: GrowConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **kwargs: Any,
+    ) -> None:
         chunks = self._up_chunks[current_key]
         if isinstance(target, GrowLayer):
             target.update_layer(adapter_name, config, chunks=chunks or 1)
@@ -122,7 +134,7 @@ class GrowModel(BaseTuner):
             new_module.requires_grad_(False)  # an added adapter is not trained until it is activated
         self._replace_module(parent, target_name, new_module, target)
 
-    def _replace_module(self, parent, child_name, new_module, child) -> None:
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
         # PEFT's version copies `weight` and `bias` from the wrapper onto the module put back on unloading; an
         # experts module has neither (its 3-D tensors stay on it throughout), so it is only put back in place.
         if isinstance(child, GrowExpertsLayer) and new_module is child.get_base_layer():
@@ -145,7 +157,7 @@ class GrowModel(BaseTuner):
         super().merge_adapter(adapter_names=adapter_names, safe_merge=False)
 
     @contextmanager
-    def _enable_peft_forward_hooks(self, *args, **kwargs):
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
         """PeftModel.forward and generate enter this, then drop `adapter_names`: without it a mixed batch would run
         every row with the active adapter, silently. Grown adapters give the MLPs their own widths: refuse."""
         if kwargs.get("adapter_names") is not None:
@@ -193,7 +205,13 @@ class GrowModel(BaseTuner):
             describe_merged(merged, config, layout)
         return merged
 
-    def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
+    def _unload_and_optionally_merge(
+        self,
+        merge: bool = True,
+        progressbar: bool = False,
+        safe_merge: bool = False,
+        adapter_names: list[str] | None = None,
+    ) -> nn.Module:
         if merge and safe_merge:
             self._check_merge(adapter_names)
         return super()._unload_and_optionally_merge(
@@ -206,7 +224,9 @@ class GrowModel(BaseTuner):
                 module.check_merge(adapter_names)
 
     @classmethod
-    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config: PeftConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """Map checkpoint keys to the model and refuse, with both shapes, an adapter made for another base."""
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         model_state = model.state_dict()
