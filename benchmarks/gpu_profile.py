@@ -26,6 +26,7 @@ from transformers.utils import logging
 
 from benchmarks import speed
 from peft_grow import GrowConfig
+from peft_grow.io.loading import cached_forward
 
 
 def kernel_time(prof, device_type: str) -> tuple[float, int]:
@@ -86,8 +87,8 @@ def decoding(base, ids, rounds: int) -> dict[str, tuple[float, float, float]]:
     models = {"grown (unmerged)": grown, "grown (merge_adapter)": switchable, "merged": merged.merge_and_unload()}
     runs = {}
     for name, model in models.items():
-        cache = model.eval()(input_ids=ids[:, :-1], use_cache=True).past_key_values
-        runs[name] = lambda m=model, c=cache: m(input_ids=ids[:, -1:], past_key_values=c, use_cache=True)
+        _, cache = cached_forward(model.eval(), input_ids=ids[:, :-1])
+        runs[name] = lambda m=model, c=cache: cached_forward(m, c, input_ids=ids[:, -1:])
     return measure(runs, ids.device, rounds)
 
 

@@ -26,6 +26,7 @@ from transformers.utils import logging
 import peft_grow.tuner._fast_paths as layer
 from benchmarks import speed
 from peft_grow import GrowConfig
+from peft_grow.io.loading import cached_forward
 
 PATHS = {"concatenate": 2**62, "in place": 1}  # the IN_PLACE_MIN_ROWS that forces each path
 
@@ -33,12 +34,12 @@ PATHS = {"concatenate": 2**62, "in place": 1}  # the IN_PLACE_MIN_ROWS that forc
 @torch.no_grad()
 def decode_step(model, ids: torch.Tensor, tokens: int) -> float:
     """Seconds per decoded token, after prefilling all but the last position of `ids`."""
-    out = model(input_ids=ids[:, :-1], use_cache=True)
-    cache, token = out.past_key_values, ids[:, -1:]
+    _, cache = cached_forward(model, input_ids=ids[:, :-1])
+    token = ids[:, -1:]
     start = time.perf_counter()
     for _ in range(tokens):
-        out = model(input_ids=token, past_key_values=cache, use_cache=True)
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        out, cache = cached_forward(model, cache, input_ids=token)
+        token = out.logits[:, -1:].argmax(-1)
     return (time.perf_counter() - start) / tokens
 
 

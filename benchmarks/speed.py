@@ -46,6 +46,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.utils import logging
 
 from peft_grow import GrowConfig
+from peft_grow.io.loading import cached_forward
 
 SETTINGS = {
     # name: (model_type, config kwargs, dtype, batch, sequence length, device)
@@ -225,13 +226,13 @@ def measure_inference(base, ids, repeats: int, warmup: int, decode_tokens: int) 
         return model(input_ids=ids, use_cache=True)
 
     def decode(model):
-        out = model(input_ids=ids[:, :-1], use_cache=True)
-        cache, token = out.past_key_values, ids[:, -1:]
+        _, cache = cached_forward(model, input_ids=ids[:, :-1])
+        token = ids[:, -1:]
         synchronize(ids.device)
         start = time.perf_counter()
         for _ in range(decode_tokens):
-            out = model(input_ids=token, past_key_values=cache, use_cache=True)
-            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            out, cache = cached_forward(model, cache, input_ids=token)
+            token = out.logits[:, -1:].argmax(-1)
         synchronize(ids.device)
         return (time.perf_counter() - start) / decode_tokens
 

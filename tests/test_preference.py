@@ -50,6 +50,7 @@ def common(out: Path) -> dict:
         bf16=False,
         seed=0,
         dataloader_num_workers=0,
+        activation_checkpointing=True,  # TRL's default, under transformers' current name (TRL sets the old one)
     )
 
 

@@ -44,6 +44,7 @@ def sft_config(out: Path, **overrides) -> SFTConfig:
         bf16=False,  # SFTConfig turns bf16 autocast on by default, even on CPU; these tests compare in float32
         seed=0,
         dataloader_num_workers=0,
+        activation_checkpointing=True,  # TRL's default, under transformers' current name (TRL sets the old one)
     )
     return SFTConfig(**{**settings, **overrides})
 
