@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,6 +164,50 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join("| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *rows])
 
 
+def equal_score_header(lr_column: str, unit: str) -> list[str]:
+    return [
+        "method",
+        lr_column,
+        f"new task, end ({unit})",
+        "retention, end %",
+        "step at level",
+        "retention change at level (points)",
+        "share of full FT's drop",
+    ]
+
+
+def equal_score(
+    selected: dict[str, Run],
+    base: Point,
+    tasks: list[str],
+    score_se: Callable[[Point], tuple[float, float]],
+    scale: float,
+) -> tuple[list[list[str]], float, tuple[float, float], dict]:
+    """Each selected run (one per method, full fine-tuning among them) where it first reaches the lowest final
+    score among them: its retention change there, and that change as a share of full fine-tuning's."""
+    level = min(r.final.score for r in selected.values())
+    full_drop = change(selected["full"].at_score(level), base, tasks)
+    rows, methods = [], {}
+    for method in sorted(selected, key=list(LABELS).index):
+        r = selected[method]
+        at = r.at_score(level)
+        drop = change(at, base, tasks)
+        share = ratio(drop, full_drop) if method != "full" else None
+        rows.append(
+            [
+                LABELS[method],
+                f"{r.lr:.0e}",
+                fmt(score_se(r.final), scale),
+                f"{r.final.retention(tasks) * 100:.1f}",
+                f"{at.step:.0f}",
+                fmt(drop, signed=True),
+                "1 (reference)" if method == "full" else fmt(share, scale=1.0),
+            ]
+        )
+        methods[method] = {"lr": r.lr, "final_score": r.final.score, "drop_at_level": drop, "share_of_full_drop": share}
+    return rows, level, full_drop, methods
+
+
 def report(folder: Path, tasks: list[str], metric: str, unfinished: bool = False) -> tuple[str, dict]:
     runs = [r for r in load_runs(folder) if r.status == "done" or unfinished]
     if not runs:
@@ -206,57 +251,32 @@ def report(folder: Path, tasks: list[str], metric: str, unfinished: bool = False
         "",
     ]
 
-    # the fair reading
+    # the fair reading: each method at its best rate; then every method at full fine-tuning's best rate
     best: dict[str, Run] = {}
     for r in runs:
         if r.seed == 0 and (r.method not in best or r.final.score > best[r.method].final.score):
             best[r.method] = r
     summary = {"base_score": base.score, "base_retention": base_ret, "methods": {}}
     if "full" in best:
-        level = min(r.final.score for r in best.values())
-        full_drop = change(best["full"].at_score(level), base, tasks)
-        rows = []
-        for method in sorted(best, key=list(LABELS).index):
-            r = best[method]
-            at = r.at_score(level)
-            drop = change(at, base, tasks)
-            share = ratio(drop, full_drop) if method != "full" else None
-            rows.append(
-                [
-                    LABELS[method],
-                    f"{r.lr:.0e}",
-                    fmt(score_se(r.final), scale),
-                    f"{r.final.retention(tasks) * 100:.1f}",
-                    f"{at.step:.0f}",
-                    fmt(drop, signed=True),
-                    "1 (reference)" if method == "full" else fmt(share, scale=1.0),
-                ]
-            )
-            summary["methods"][method] = {
-                "lr": r.lr,
-                "final_score": r.final.score,
-                "drop_at_level": drop,
-                "share_of_full_drop": share,
-            }
+        rows, level, full_drop, summary["methods"] = equal_score(best, base, tasks, score_se, scale)
         summary |= {"level": level, "full_drop_at_level": full_drop}
         lines += [
             f"**Fair reading** (each method at its best rate; compared where each first reaches the new-task score "
             f"{level * scale:.1f} {unit}, the lowest final score among them):",
             "",
-            table(
-                [
-                    "method",
-                    "best lr",
-                    f"new task, end ({unit})",
-                    "retention, end %",
-                    "step at level",
-                    "retention change at level (points)",
-                    "share of full FT's drop",
-                ],
-                rows,
-            ),
+            table(equal_score_header("best lr", unit), rows),
             "",
         ]
+        same_rate = {r.method: r for r in runs if r.seed == 0 and r.lr == best["full"].lr}
+        if len(same_rate) > 1 and same_rate != best:
+            rows, level, _, summary["same_rate"] = equal_score(same_rate, base, tasks, score_se, scale)
+            lines += [
+                f"**At full fine-tuning's best rate** ({best['full'].lr:.0e} for every method run at it; compared "
+                f"where each first reaches {level * scale:.1f} {unit}, the lowest final score among them):",
+                "",
+                table(equal_score_header("lr", unit), rows),
+                "",
+            ]
     front = pareto(runs, tasks)
     lines.append(
         "Pareto front (final new-task score, final retention %): "

@@ -219,3 +219,21 @@ def test_equal_score_reading_on_hand_made_curves():
     assert share[0] == pytest.approx(0.4) and share[1] > 0
     assert report.ratio(drop_grow, (0.0, 0.1)) is None  # no clear drop of full fine-tuning: no share
     assert [r.method for r in report.pareto([full, grow], ["copa"])] == ["full", "g-freeze"]
+
+
+def test_equal_score_compares_each_selected_run_with_full_fine_tuning_at_their_lowest_final_score():
+    base = point(0, 0.0, [1, 1, 1, 1])
+    full = report.Run(
+        "full", 3e-5, 0, 10, 10, "done", 1.0, {}, [base, point(10, 0.8, [1, 1, 0, 0]), point(20, 0.9, [1, 0, 0, 0])]
+    )
+    grow = report.Run(
+        "g-freeze", 3e-5, 0, 5, 15, "done", 1.0, {}, [base, point(10, 0.4, [1, 1, 1, 1]), point(20, 0.6, [1, 1, 1, 0])]
+    )
+    rows, level, full_drop, methods = report.equal_score(
+        {"full": full, "g-freeze": grow}, base, ["copa"], lambda p: (p.score, 0.0), 100.0
+    )
+    assert level == 0.6  # growth's final score, the lower one
+    assert full_drop[0] == pytest.approx(-0.375)  # full fine-tuning first reaches 0.6 at step 7.5
+    assert methods["g-freeze"]["drop_at_level"][0] == pytest.approx(-0.25)
+    assert methods["g-freeze"]["share_of_full_drop"] == report.ratio(methods["g-freeze"]["drop_at_level"], full_drop)
+    assert [row[0] for row in rows] == ["full FT", "G-Freeze all"] and rows[1][4] == "20"
