@@ -5,6 +5,7 @@ two steps of transformers.Trainer with torch_compile=True on a grown stories260K
     python -m benchmarks.compile_check        # about two minutes on 2 CPU cores (compilation dominates)
 """
 
+import argparse
 import tempfile
 import warnings
 from pathlib import Path
@@ -18,7 +19,8 @@ from transformers.utils import logging
 from peft_grow import GrowConfig
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.set_verbosity_error()
     config = AutoConfig.for_model(

@@ -23,7 +23,7 @@ import torch
 from peft import get_peft_model
 from transformers.utils import logging
 
-import peft_grow.tuner._fast_paths as layer
+import peft_grow.tuner._fast_paths as fast_paths
 from benchmarks import speed
 from peft_grow import GrowConfig
 from peft_grow.io.loading import cached_forward
@@ -53,14 +53,14 @@ def forward_pass(model, ids: torch.Tensor) -> float:
 def compare(grown, merged, run, rounds: int) -> dict[str, float]:
     """{path: median over rounds of its time / the merged model's time}, each round running every path once."""
     times = {name: [] for name in [*PATHS, "merged"]}
-    default = layer.IN_PLACE_MIN_ROWS
+    default = fast_paths.IN_PLACE_MIN_ROWS
     try:
         for _ in range(rounds + 1):  # the first round warms up
             for name in times:
-                layer.IN_PLACE_MIN_ROWS = PATHS.get(name, default)
+                fast_paths.IN_PLACE_MIN_ROWS = PATHS.get(name, default)
                 times[name].append(run(merged if name == "merged" else grown))
     finally:
-        layer.IN_PLACE_MIN_ROWS = default
+        fast_paths.IN_PLACE_MIN_ROWS = default
     reference = times["merged"][1:]
     return {name: statistics.median(a / b for a, b in zip(times[name][1:], reference, strict=True)) for name in PATHS}
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> str:
     merged = copy.deepcopy(grown).merge_and_unload().eval()
     grown.eval()
     lines = [
-        f"setting {args.setting}, IN_PLACE_MIN_ROWS = {layer.IN_PLACE_MIN_ROWS}, {args.rounds} rounds",
+        f"setting {args.setting}, IN_PLACE_MIN_ROWS = {fast_paths.IN_PLACE_MIN_ROWS}, {args.rounds} rounds",
         "",
         "| run | rows per forward | concatenate vs merged | in place vs merged |",
         "|---|---|---|---|",

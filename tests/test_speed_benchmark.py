@@ -110,9 +110,9 @@ def test_gpu_profile_bookkeeping_at_a_tiny_shape():
 
 def test_in_place_rows_benchmark_times_both_paths_and_restores_the_threshold():
     from benchmarks import in_place_rows
-    from peft_grow.tuner import _fast_paths as layer
+    from peft_grow.tuner import _fast_paths as fast_paths
 
-    default = layer.IN_PLACE_MIN_ROWS
+    default = fast_paths.IN_PLACE_MIN_ROWS
     text = in_place_rows.main(["--setting", "tiny", "--rounds", "1", "--batches", "2", "--tokens", "16"])
     assert "| decode, 2 sequences after 128 tokens | 2 |" in text and "| forward, 1 x 16 tokens | 16 |" in text
-    assert default == layer.IN_PLACE_MIN_ROWS
+    assert default == fast_paths.IN_PLACE_MIN_ROWS
