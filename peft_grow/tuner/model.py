@@ -42,11 +42,6 @@ class GrowthSummary:
         return self.trainable_params / self.base_params
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
 def _refuse_saving_grown_modules(config: GrowConfig, grown: list[str]) -> None:
     """A projection that growth widens cannot also be a full trainable copy (modules_to_save): the copy keeps
     the old width, and the MLP around it would be half grown."""
@@ -199,7 +194,7 @@ class GrowModel(BaseTuner):
             for module_name, module in list(merged.named_modules()):
                 if is_bnb_quantized(module):
                     weight = bnb_dequantized(module).to(dtype)
-                    _set_submodule(merged, module_name, dequantized_linear(module, weight, module.bias))
+                    merged.set_submodule(module_name, dequantized_linear(module, weight, module.bias))
             merged.hf_quantizer.remove_quantization_config(merged)
         if layout is not None and isinstance(config, GrowConfig):
             describe_merged(merged, config, layout)
