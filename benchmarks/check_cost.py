@@ -20,10 +20,9 @@ import torch
 from peft import get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from benchmarks.speed import SETTINGS
 from peft_grow import GrowConfig
+from peft_grow.testing import GEMMA3_1B
 
-GEMMA3_1B = SETTINGS["gemma3-1b"][1]  # the speed benchmark's Gemma3-1B shape
 OLMOE_1B_7B = dict(
     hidden_size=2048,
     intermediate_size=1024,

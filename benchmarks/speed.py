@@ -47,6 +47,7 @@ from transformers.utils import logging
 
 from peft_grow import GrowConfig
 from peft_grow.io.loading import cached_forward
+from peft_grow.testing import GEMMA3_1B
 
 SETTINGS = {
     # name: (model_type, config kwargs, dtype, batch, sequence length, device)
@@ -54,9 +55,7 @@ SETTINGS = {
                            num_key_value_heads=2, vocab_size=96), "float32", 2, 16, "cpu"),
     "cpu": ("llama", dict(hidden_size=256, intermediate_size=688, num_hidden_layers=6, num_attention_heads=8,
                           num_key_value_heads=4, vocab_size=2048), "float32", 8, 128, "cpu"),
-    "gemma3-1b": ("gemma3_text", dict(hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
-                                      vocab_size=262144, num_attention_heads=4, num_key_value_heads=1, head_dim=256),
-                  "bfloat16", 4, 1024, "cuda"),
+    "gemma3-1b": ("gemma3_text", GEMMA3_1B, "bfloat16", 4, 1024, "cuda"),
 }  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """Tiny models of every architecture the test suite grows, built offline from small configs, with sample inputs
-and logits: for tests of code built on peft-grow, and for benchmarks that measure on the same models.
+and logits, and Gemma3-1B's published shape for figures computed on the meta device: for tests of code built
+on peft-grow, and for benchmarks that measure on the same models and shapes.
 
     from peft_grow.testing import ALL_ARCHITECTURES, logits, sample_inputs, tiny_model
     model = tiny_model("gpt2")  # randomly initialised, eval mode, on CUDA when there is one
@@ -150,3 +151,15 @@ def logits(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
     """The model's logits on `inputs`, without gradients."""
     with torch.no_grad():
         return model(**inputs).logits
+
+
+# Gemma3-1B's published shape (DESIGN.md), for figures computed on the meta device
+GEMMA3_1B = dict(
+    hidden_size=1152,
+    intermediate_size=6912,
+    num_hidden_layers=26,
+    vocab_size=262144,
+    num_attention_heads=4,
+    num_key_value_heads=1,
+    head_dim=256,
+)

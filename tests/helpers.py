@@ -11,6 +11,7 @@ from peft_grow.cli import main
 from peft_grow.testing import (  # noqa: F401  (the tests import the zoo from here)
     ALL_ARCHITECTURES,
     DEVICE,
+    GEMMA3_1B,
     HEADS,
     LAYERS,
     TINY_CONFIGS,
@@ -21,17 +22,6 @@ from peft_grow.testing import (  # noqa: F401  (the tests import the zoo from he
     logits,
     sample_inputs,
     tiny_model,
-)
-
-# Gemma3-1B's published shape (DESIGN.md), for figures computed on the meta device
-GEMMA3_1B = dict(
-    hidden_size=1152,
-    intermediate_size=6912,
-    num_hidden_layers=26,
-    vocab_size=262144,
-    num_attention_heads=4,
-    num_key_value_heads=1,
-    head_dim=256,
 )
 
 
