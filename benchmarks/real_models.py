@@ -738,7 +738,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             else [(m, lr) for lr in args.lrs for m in args.methods]
         )
     if args.data is None:
-        parser.error(f"no task data folder: pass --data or set ${ev.DATA_ENV}")
+        parser.error(
+            "no task data folder given (expected the folder holding winogrande/, icl/, qasc/, mathqa/ and mtnt/, "
+            f"see docs/evaluation.md): pass --data or set ${ev.DATA_ENV}"
+        )
     if getattr(args, "tiny", False):
         args.steps, args.batch, args.eval_every, args.test_limit, args.retention_limit = 2, 2, 1, 4, 4
         args.pilot_steps = 1

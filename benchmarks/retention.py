@@ -52,7 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.data_dir = args.data_dir or os.environ.get(ev.DATA_ENV)
     if not args.data_dir:
-        parser.error(f"no task data folder: pass --data-dir or set ${ev.DATA_ENV}")
+        parser.error(
+            "no task data folder given (expected the folder holding winogrande/, icl/, qasc/, mathqa/ and mtnt/, "
+            f"see docs/evaluation.md): pass --data-dir or set ${ev.DATA_ENV}"
+        )
     return args
 
 
