@@ -55,7 +55,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -70,6 +70,9 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from peft_grow import GrowConfig  # noqa: E402
 from peft_grow import evaluation as ev  # noqa: E402
 from peft_grow.analysis.selection import pilot_ranking, top_layers  # noqa: E402
+from peft_grow.training import RetentionGuard  # noqa: E402
+
+from . import guarded  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "real_models"
@@ -80,6 +83,11 @@ log = logging.getLogger("real_models")
 
 def default_cache() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "peft-grow" / "models")
+
+
+def guard_cache() -> Path:
+    """Where self-generated retention text is cached: beside the model cache."""
+    return default_cache().parent / "retention-text"
 
 
 def default_data() -> Path | None:
@@ -302,6 +310,7 @@ class Setup:
     retention: list[str]
     context: dict  # pilot's top layers, matched LoRA rank
     device: torch.device
+    prompts: list[str] = field(default_factory=list)  # the training prompts (the guard's `prompts` source)
 
 
 @dataclass
@@ -319,6 +328,11 @@ class Run:
     seconds_eval: float = 0.0
     curve: list = field(default_factory=list)  # [{"step", "train_loss", "task", "retention", "seconds"}]
     status: str = "running"
+
+
+def run_name(method: str, args: argparse.Namespace) -> str:
+    """The method's name, with the guard's settings when the run has one (`g-freeze+kl-self-w1`)."""
+    return method + (args.guard.tag if getattr(args, "guard", None) else "")
 
 
 def run_path(folder: Path, method: str, lr: float, seed: int) -> Path:
@@ -382,9 +396,13 @@ def train_run(setup: Setup, method: str, lr: float, seed: int, path: Path, base_
     settings = {
         k: getattr(args, k) for k in ("steps", "batch", "eval_every", "max_len", "test_limit", "retention_limit")
     }
-    run = Run(args.model, setup.task, method, lr, seed, settings | {"retention": setup.retention})
+    guard, guard_settings = make_guard(setup, method)  # before the seed (sampling leaves the random state alone)
+    settings |= {"retention": setup.retention} | guard_settings
+    run = Run(args.model, setup.task, run_name(method, args), lr, seed, settings)
     torch.manual_seed(seed)  # LoRA's and zero-init's random weights, the symmetry noise
     model = METHODS[method][1](copy.deepcopy(setup.base), setup.context).to(setup.device)
+    if guard:
+        guard.check(model)
     params = [p for p in model.parameters() if p.requires_grad]
     run.trainable, run.total = trainable(model), sum(p.numel() for p in model.parameters())
     run.where = where(setup.device, args.dtype)
@@ -397,23 +415,17 @@ def train_run(setup: Setup, method: str, lr: float, seed: int, path: Path, base_
     for _ in range(done):  # the batches the checkpoint has seen: the same data order as an unbroken run
         next(data)
     autocast = torch.autocast(setup.device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16-autocast")
-    losses, started = [], time.perf_counter()
+    losses, kls, started = [], [], time.perf_counter()
     for step in range(done + 1, args.steps + 1):
-        model.train()
-        with autocast:
-            loss = answer_loss(model, next(data), setup.device)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        train_step(model, next(data), setup.device, autocast, guard, step, params, optimizer, losses, kls)
         if step % args.eval_every == 0 or step == args.steps:
             run.seconds_train += time.perf_counter() - started
             with autocast:
                 point = evaluate(model, setup.tokenizer, setup)
             run.seconds_eval += point["seconds"]
             run.curve.append({"step": step, "train_loss": sum(losses) / len(losses), **point})
-            losses = []
+            run.curve[-1] |= {"retention_kl": sum(kls) / len(kls)} if kls else {}
+            losses, kls = [], []
             if not math.isfinite(run.curve[-1]["train_loss"]):
                 run.status = "diverged"
                 break
@@ -440,6 +452,36 @@ def train_run(setup: Setup, method: str, lr: float, seed: int, path: Path, base_
     if checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
     return run
+
+
+def make_guard(setup: Setup, method: str) -> tuple[RetentionGuard | None, dict]:
+    """The run's retention guard (None without --guard-weight) and the settings to record of it."""
+    spec = setup.args.guard
+    if not spec:
+        return None, {}
+    guard, found = guarded.build_guard(
+        spec, method, setup.base, setup.tokenizer, setup.prompts, setup.retention, setup.data, guard_cache()
+    )
+    if guard.reference is not None:
+        guard.reference.to(setup.device)
+    return guard, {"guard": spec.settings() | found}
+
+
+def train_step(model, batch, device, autocast, guard, step, params, optimizer, losses, kls) -> None:
+    """One optimizer step on the answer loss, plus the guard's term when there is one; appends the task loss and
+    the KL to their lists."""
+    model.train()
+    with autocast:
+        loss = answer_loss(model, batch, device)
+        losses.append(loss.item())
+        if guard:  # retention batch step - 1: a function of the step, so a resumed run reads what it would have
+            penalty, kl = guard.penalty(model, step - 1)
+            loss = loss + penalty
+            kls.append(kl.item())
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 # A long run saves its state at every evaluation (trainable weights, AdamW's moments, the curve so far) in
@@ -623,6 +665,7 @@ def cmd_run(args) -> None:
     train = encode(tokenizer, read_examples(args.data, args.task, "train"))
     test = spread(read_examples(args.data, args.task, "test"), args.test_limit)
     setup = Setup(args, args.task, args.data, tokenizer, base, train, test, retention, {}, device)
+    setup.prompts = [e.prompt for e in read_examples(args.data, args.task, "train")]
     folder = args.results / args.model / args.task
     folder.mkdir(parents=True, exist_ok=True)
     needs_context = {"g-freeze-top", "lora-matched"} & {m for m, _ in args.runs}
@@ -632,7 +675,7 @@ def cmd_run(args) -> None:
         return
     jobs = [(m, lr, s) for s in args.seeds for m, lr in args.runs]
     for method, lr, seed in jobs:
-        path = run_path(folder, method, lr, seed)
+        path = run_path(folder, run_name(method, args), lr, seed)
         if path.is_file():
             continue
         with claimed(path) as mine:
@@ -727,6 +770,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="only the pilot ranking and the base model's scores (before starting workers side by side)",
     )
+    run.add_argument(
+        "--guard-weight",
+        type=float,
+        help="train with the retention guard at this weight (peft_grow.training; the run is named METHOD+kl-...)",
+    )
+    run.add_argument("--guard-source", choices=guarded.SOURCES, default="self", help="the guard's retention text")
+    run.add_argument("--guard-batch", type=int, default=2, help="retention windows per step (default 2)")
+    run.add_argument("--guard-length", type=int, default=128, help="tokens per retention window (default 128)")
+    run.add_argument("--guard-temperature", type=float, default=1.0)
     run.add_argument("--tiny", action="store_true", help="smoke run: 2 steps, 4 questions, tiny retention")
     args = parser.parse_args(argv)
     if args.command == "run":
@@ -742,9 +794,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "no task data folder given (expected the folder holding winogrande/, icl/, qasc/, mathqa/ and mtnt/, "
             f"see docs/evaluation.md): pass --data or set ${ev.DATA_ENV}"
         )
+    if args.command == "run":
+        args.guard = None
+        if args.guard_weight is not None:
+            args.guard = guarded.GuardSpec(
+                args.guard_weight, args.guard_source, args.guard_batch, args.guard_length, args.guard_temperature
+            )
     if getattr(args, "tiny", False):
         args.steps, args.batch, args.eval_every, args.test_limit, args.retention_limit = 2, 2, 1, 4, 4
         args.pilot_steps = 1
+        if args.guard:
+            args.guard = replace(args.guard, count=4, length=16)
     if args.dtype is None:
         args.dtype = "bf16-autocast" if pick_device(args.device).type == "cuda" else "fp32"
     return args
