@@ -8,6 +8,9 @@ Training variants, each from the same random base model and the same batch:
   g-train        G-Train, k=2, every layer
   wide-ref       the reference that bounds what growth can cost: the merged, equally wide plain model (every MLP
                  k=2 times wider) with its MLP weights trainable and everything else frozen
+  X+guard        X (g-freeze, lora, full) with the retention guard (peft_grow.training) at weight 1, reading a
+                 quarter of the task batch of retention windows each step; the adapters' base is their adapter
+                 disabled, full fine-tuning's a frozen reference copy (its weights are counted)
 Inference: the base model, the grown model with its adapter unmerged, the same PeftModel after merge_adapter()
 (merged in place, adapter kept), and merged for good (merge_and_unload); prefill (a forward pass over the batch)
 and decode (one token at a time from a prefilled cache).
@@ -48,6 +51,7 @@ from transformers.utils import logging
 from peft_grow import GrowConfig
 from peft_grow.io.loading import cached_forward
 from peft_grow.testing import GEMMA3_1B
+from peft_grow.training import RetentionGuard
 
 SETTINGS = {
     # name: (model_type, config kwargs, dtype, batch, sequence length, device)
@@ -125,7 +129,26 @@ def training_variants(base) -> dict[str, torch.nn.Module]:
     for name, param in wide.named_parameters():
         param.requires_grad = ".mlp." in name
     variants["wide-ref"] = wide
+    for name in GUARDED:
+        variants[f"{name}+guard"] = copy.deepcopy(variants[name])
     return variants
+
+
+GUARDED = ("full", "lora", "g-freeze")
+
+
+def guards(variants: dict, ids: torch.Tensor) -> dict[str, RetentionGuard]:
+    """A retention guard for each X+guard variant: a quarter of the task batch of random windows as long as its
+    rows (their content does not change the cost), and a frozen copy of the base as full fine-tuning's reference."""
+    batch, length = ids.shape
+    windows = torch.randint(0, int(ids.max()) + 1, (64, length), generator=torch.Generator().manual_seed(1))
+    found = {}
+    for name, model in variants.items():
+        if name.endswith("+guard"):
+            reference = copy.deepcopy(variants["full"]) if name == "full+guard" else None
+            found[name] = RetentionGuard(windows, weight=1.0, batch_size=max(1, batch // 4), reference=reference)
+            found[name].check(model)
+    return found
 
 
 def tensor_bytes(tensors) -> int:
@@ -137,16 +160,22 @@ def tensor_bytes(tensors) -> int:
     return total
 
 
-def train_step(model, optimizer, ids, dtype: torch.dtype) -> None:
+def guarded_loss(model, ids, guard: RetentionGuard | None, step: int = 0) -> torch.Tensor:
+    loss = model(input_ids=ids, labels=ids).loss
+    return loss + guard.penalty(model, step)[0] if guard else loss
+
+
+def train_step(model, optimizer, ids, dtype: torch.dtype, guard: RetentionGuard | None = None, step: int = 0) -> None:
     with autocast(ids, dtype):
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = guarded_loss(model, ids, guard, step)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
 
-def account_training(name: str, model, optimizer, ids, dtype: torch.dtype) -> Measurement:
-    """One step with every tensor counted: weights, gradients, AdamW state, saved activations."""
+def account_training(name: str, model, optimizer, ids, dtype: torch.dtype, guard=None) -> Measurement:
+    """One step with every tensor counted: weights (a guard's reference model too), gradients, AdamW state, saved
+    activations."""
     saved = []
 
     def pack(tensor):
@@ -157,12 +186,13 @@ def account_training(name: str, model, optimizer, ids, dtype: torch.dtype) -> Me
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast(ids, dtype):
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = guarded_loss(model, ids, guard)
     params = [p for p in model.parameters() if p.requires_grad]
+    reference = list(guard.reference.parameters()) if guard and guard.reference is not None else []
     measurement = Measurement(
         name=name,
         trainable=sum(p.numel() for p in params),
-        weights=tensor_bytes(model.parameters()),
+        weights=tensor_bytes([*model.parameters(), *reference]),
         activations=tensor_bytes(t for t in saved if not isinstance(t, torch.nn.Parameter)),
     )
     saved.clear()
@@ -183,20 +213,21 @@ def synchronize(device: torch.device) -> None:
 
 def measure_training(base, ids, repeats: int, warmup: int) -> list[Measurement]:
     variants, dtype = training_variants(base), base.dtype
+    guard = guards(variants, ids)
     optimizers = {
         n: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5) for n, m in variants.items()
     }
     results = {}
     for name, model in variants.items():
         model.train()
-        results[name] = account_training(name, model, optimizers[name], ids, dtype)
+        results[name] = account_training(name, model, optimizers[name], ids, dtype, guard.get(name))
         for _ in range(warmup):
-            train_step(model, optimizers[name], ids, dtype)
-    for _ in range(repeats):
+            train_step(model, optimizers[name], ids, dtype, guard.get(name))
+    for step in range(repeats):
         for name, model in variants.items():
             synchronize(ids.device)
             start = time.perf_counter()
-            train_step(model, optimizers[name], ids, dtype)
+            train_step(model, optimizers[name], ids, dtype, guard.get(name), step)
             synchronize(ids.device)
             results[name].times.append(time.perf_counter() - start)
     return list(results.values())
@@ -275,6 +306,7 @@ def report(setting: str, training: list[Measurement], inference: list[Measuremen
             f"| {mib(m.gradients)} | {mib(m.optimizer)} | {mib(m.activations)} | {mib(m.total_memory)} |"
             + (f" {mib(m.device_peak)} |" if m.device_peak is not None else "")
         )
+    lines += guard_table(training, cuda)
     by_name = {m.name: m for m in inference}
     lines += ["", "| inference | time (ms, median ± IQR) | vs merged (median ± IQR) |", "|---|---|---|"]
     for m in inference:
@@ -282,6 +314,27 @@ def report(setting: str, training: list[Measurement], inference: list[Measuremen
         lines.append(f"| {m.name} | {m.median * 1e3:.2f} ± {m.spread * 1e3:.2f} | {ratio:.2f}x ± {spread:.2f} |")
     lines += ["", "Ratios are medians of per-round ratios: each round times every variant once, in turn."]
     return "\n".join(lines)
+
+
+def guard_table(training: list[Measurement], cuda: bool) -> list[str]:
+    """The retention guard's cost: each guarded variant against the same variant without it."""
+    by_name = {m.name: m for m in training}
+    lines = [
+        "",
+        "| retention guard (a quarter of the batch) | step vs without (median ± IQR) | memory vs without |"
+        + (" device peak vs without |" if cuda else ""),
+        "|---|---|---|" + ("---|" if cuda else ""),
+    ]
+    for name in GUARDED:
+        guarded, plain = by_name.get(f"{name}+guard"), by_name.get(name)
+        if guarded is None or plain is None:
+            continue
+        ratio, spread = guarded.ratio(plain)
+        peak = f" {guarded.device_peak / plain.device_peak:.2f}x |" if cuda and plain.device_peak else ""
+        lines.append(
+            f"| {name} | {ratio:.2f}x ± {spread:.2f} | {guarded.total_memory / plain.total_memory:.2f}x |{peak}"
+        )
+    return lines
 
 
 def run(setting: str, repeats: int, warmup: int, decode_tokens: int):

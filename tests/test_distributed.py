@@ -44,6 +44,20 @@ def test_accelerate_ddp_gives_the_single_process_adapter_and_saves_it_once(tmp_p
     assert (tmp_path / "ddp" / "saves.log").read_text() == "0\n"  # written once, by the main process
 
 
+def test_ddp_with_the_retention_guard_gives_the_single_process_adapter(tmp_path):
+    """Each process reads its own retention rows; the mean of the two processes' KL terms over 2 windows each is
+    the one process's term over the same 4 windows, so the adapters must match."""
+    run([sys.executable], "train_ddp.py", tmp_path / "single", "--batch", "4", "--guard-batch", "4")
+    run(ACCELERATE_TWO, "train_ddp.py", tmp_path / "ddp", "--batch", "2", "--guard-batch", "2")
+    single = load_file(tmp_path / "single" / "adapter_model.safetensors")
+    assert_same_tensors(load_file(tmp_path / "ddp" / "adapter_model.safetensors"), single)
+    unguarded = tmp_path / "unguarded"
+    run([sys.executable], "train_ddp.py", unguarded, "--batch", "4")
+    assert not torch.equal(
+        next(iter(load_file(unguarded / "adapter_model.safetensors").values())), next(iter(single.values()))
+    )
+
+
 def test_fsdp2_sharded_training_gives_the_unsharded_new_weights(tmp_path):
     run([sys.executable], "train_fsdp2.py", tmp_path / "single")
     run(TORCHRUN_TWO, "train_fsdp2.py", tmp_path / "fsdp2")

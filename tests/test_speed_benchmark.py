@@ -21,7 +21,10 @@ def measured():
 
 def test_every_variant_is_measured(measured):
     training, inference, _ = measured
-    assert [m.name for m in training] == ["full", "lora", "g-freeze", "g-freeze-1/3", "g-train", "wide-ref"]
+    assert [m.name for m in training] == [
+        *["full", "lora", "g-freeze", "g-freeze-1/3", "g-train", "wide-ref"],
+        *["full+guard", "lora+guard", "g-freeze+guard"],
+    ]
     assert len(inference) == 8 and all(len(m.times) == 2 and m.median > 0 for m in training + inference)
 
 
@@ -116,3 +119,15 @@ def test_in_place_rows_benchmark_times_both_paths_and_restores_the_threshold():
     text = in_place_rows.main(["--setting", "tiny", "--rounds", "1", "--batches", "2", "--tokens", "16"])
     assert "| decode, 2 sequences after 128 tokens | 2 |" in text and "| forward, 1 x 16 tokens | 16 |" in text
     assert default == fast_paths.IN_PLACE_MIN_ROWS
+
+
+def test_the_guard_rows_count_a_second_model_only_for_full_fine_tuning(measured):
+    training, inference, ids = measured
+    by_name = {m.name: m for m in training}
+    for name in ("lora", "g-freeze"):  # the base is the adapter disabled: no weights added
+        assert by_name[f"{name}+guard"].weights == by_name[name].weights
+        assert by_name[f"{name}+guard"].trainable == by_name[name].trainable
+    assert by_name["full+guard"].weights == 2 * by_name["full"].weights  # the frozen reference copy
+    assert all(by_name[f"{n}+guard"].activations > by_name[n].activations for n in speed.GUARDED)
+    text = speed.report("tiny", training, inference, ids.device)
+    assert "| retention guard (a quarter of the batch) |" in text and "| g-freeze | " in text

@@ -2,6 +2,7 @@
 
     python tests/scripts/train_ddp.py OUT --batch 4
     accelerate launch --cpu --num_processes 2 tests/scripts/train_ddp.py OUT --batch 2
+    (add --guard-batch N for the retention guard: N windows per process and step)
 
 Every sequence has the same length, so the mean loss over a global batch of 4 is the mean of the two processes'
 losses over 2 each: data-parallel training must give the single-process adapter. Each call of the adapter's
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
 from peft_grow import GrowConfig
+from peft_grow.training import GuardedTrainer, RetentionGuard, self_generated_windows
 
 MODEL = Path(__file__).resolve().parents[2] / "examples" / "data" / "stories260K"
 
@@ -38,6 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
     parser.add_argument("--batch", type=int, required=True, help="per-process batch size")
+    parser.add_argument("--guard-batch", type=int, help="train with a retention guard reading this many windows")
     args = parser.parse_args()
     torch.set_num_threads(1)
     save = PeftModel.save_pretrained
@@ -60,7 +63,12 @@ def main() -> None:
         seed=0,
         dataloader_num_workers=0,
     )
-    trainer = Trainer(model=model, args=training, train_dataset=RandomText(rows=32))
+    if args.guard_batch:  # every process samples the same windows (seeded) and reads its own rows of them
+        windows = self_generated_windows(model, AutoTokenizer.from_pretrained(MODEL), count=16, length=16, batch=8)
+        guard = RetentionGuard(windows, weight=5.0, batch_size=args.guard_batch)
+        trainer = GuardedTrainer(model=model, args=training, train_dataset=RandomText(rows=32), retention_guard=guard)
+    else:
+        trainer = Trainer(model=model, args=training, train_dataset=RandomText(rows=32))
     trainer.train()
     trainer.save_model()
     if trainer.is_world_process_zero():
