@@ -45,6 +45,21 @@ LABELS = {
 }
 
 
+def label(method: str) -> str:
+    """A run's method as the tables name it; a guarded run (`g-freeze+kl-self-w1`) adds its guard's settings."""
+    name, _, guard = method.partition("+kl-")
+    if not guard:
+        return LABELS[name]
+    source, *settings = guard.split("-")
+    return f"{LABELS[name]} + KL ({source}, " + ", ".join(f"{s[0]}={s[1:]}" for s in settings) + ")"
+
+
+def order(method: str) -> tuple[int, str]:
+    """Tables list methods in LABELS's order, each one's guarded runs right after it."""
+    name, _, guard = method.partition("+kl-")
+    return list(LABELS).index(name), guard
+
+
 @dataclass
 class Point:
     """One evaluation: the new-task score and, per retention task, the per-question outcomes (fractional where
@@ -182,20 +197,27 @@ def equal_score(
     tasks: list[str],
     score_se: Callable[[Point], tuple[float, float]],
     scale: float,
+    level: float | None = None,
 ) -> tuple[list[list[str]], float, tuple[float, float], dict]:
-    """Each selected run (one per method, full fine-tuning among them) where it first reaches the lowest final
-    score among them: its retention change there, and that change as a share of full fine-tuning's."""
-    level = min(r.final.score for r in selected.values())
+    """Each selected run (one per method, full fine-tuning among them) where it first reaches `level` (default:
+    the lowest final score among them): its retention change there, and that change as a share of full
+    fine-tuning's. A run that never reaches the level gets a row that says so."""
+    level = min(r.final.score for r in selected.values()) if level is None else level
     full_drop = change(selected["full"].at_score(level), base, tasks)
     rows, methods = [], {}
-    for method in sorted(selected, key=list(LABELS).index):
+    for method in sorted(selected, key=order):
         r = selected[method]
         at = r.at_score(level)
+        if at is None:
+            rows.append([label(method), f"{r.lr:.0e}", fmt(score_se(r.final), scale), "", "never", "", ""])
+            rows[-1][3] = f"{r.final.retention(tasks) * 100:.1f}"
+            methods[method] = {"lr": r.lr, "final_score": r.final.score, "reaches_level": False}
+            continue
         drop = change(at, base, tasks)
         share = ratio(drop, full_drop) if method != "full" else None
         rows.append(
             [
-                LABELS[method],
+                label(method),
                 f"{r.lr:.0e}",
                 fmt(score_se(r.final), scale),
                 f"{r.final.retention(tasks) * 100:.1f}",
@@ -230,10 +252,10 @@ def report(folder: Path, tasks: list[str], metric: str, unfinished: bool = False
         return (p.score, 0.0 if metric == "bleu" else binomial_se(p.score, p.n))
 
     # the paper's protocol
-    paper = sorted((r for r in runs if r.lr == PAPER_LR and r.seed == 0), key=lambda r: list(LABELS).index(r.method))
+    paper = sorted((r for r in runs if r.lr == PAPER_LR and r.seed == 0), key=lambda r: order(r.method))
     rows = [
         [
-            LABELS[r.method],
+            label(r.method),
             f"{r.trainable:,} ({r.trainable / runs[0].total:.0%})" if r.method != "full" else f"{r.trainable:,} (100%)",
             fmt(score_se(r.final), scale),
             f"{r.final.retention(tasks) * 100:.1f}",
@@ -267,6 +289,17 @@ def report(folder: Path, tasks: list[str], metric: str, unfinished: bool = False
             table(equal_score_header("best lr", unit), rows),
             "",
         ]
+        level = 0.9 * best["full"].final.score
+        rows, _, _, summary["at_90_percent"] = equal_score(best, base, tasks, score_se, scale, level)
+        lines += [
+            f"**At 90% of tuned full fine-tuning's final score** (each method at its best rate; compared where each "
+            f"first reaches {level * scale:.1f} {unit}, 90% of full fine-tuning's "
+            f"{best['full'].final.score * scale:.1f}; the level where a score means the task is learnt, not only "
+            "its answer format):",
+            "",
+            table(equal_score_header("best lr", unit), rows),
+            "",
+        ]
         same_rate = {r.method: r for r in runs if r.seed == 0 and r.lr == best["full"].lr}
         if len(same_rate) > 1 and same_rate != best:
             rows, level, _, summary["same_rate"] = equal_score(same_rate, base, tasks, score_se, scale)
@@ -281,7 +314,7 @@ def report(folder: Path, tasks: list[str], metric: str, unfinished: bool = False
     lines.append(
         "Pareto front (final new-task score, final retention %): "
         + "; ".join(
-            f"{LABELS[r.method]} lr {r.lr:.0e} s{r.seed} "
+            f"{label(r.method)} lr {r.lr:.0e} s{r.seed} "
             f"({r.final.score * scale:.1f}, {r.final.retention(tasks) * 100:.1f})"
             for r in front
         )
@@ -297,7 +330,8 @@ def plot(folder: Path, runs: list[Run], best: dict[str, Run], tasks: list[str], 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = dict(zip(LABELS, plt.get_cmap("tab10").colors, strict=False))
+    methods = sorted({r.method for r in runs}, key=order)
+    colors = dict(zip(methods, plt.get_cmap("tab20").colors, strict=False))
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     for col, (title, chosen) in enumerate(
         [
@@ -307,8 +341,8 @@ def plot(folder: Path, runs: list[Run], best: dict[str, Run], tasks: list[str], 
     ):
         for r in chosen:
             steps = [p.step for p in r.curve]
-            label = f"{LABELS[r.method]} ({r.lr:.0e})"
-            axes[0, col].plot(steps, [p.score * scale for p in r.curve], color=colors[r.method], label=label)
+            name = f"{label(r.method)} ({r.lr:.0e})"
+            axes[0, col].plot(steps, [p.score * scale for p in r.curve], color=colors[r.method], label=name)
             axes[1, col].plot(steps, [p.retention(tasks) * 100 for p in r.curve], color=colors[r.method])
         axes[0, col].set(title=title, ylabel=f"new task ({unit})")
         axes[1, col].set(xlabel="step", ylabel="retention (mean accuracy %)")
@@ -319,14 +353,14 @@ def plot(folder: Path, runs: list[Run], best: dict[str, Run], tasks: list[str], 
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4.6))
-    for method in LABELS:
+    for method in methods:
         own = [r for r in runs if r.method == method]
         if own:
             ax.scatter(
                 [r.final.score * scale for r in own],
                 [r.final.retention(tasks) * 100 for r in own],
                 color=colors[method],
-                label=LABELS[method],
+                label=label(method),
                 s=24,
             )
     front = pareto(runs, tasks)

@@ -123,9 +123,17 @@ def test_a_rerun_skips_finished_runs(data, finished, capsys):
     assert "full" not in capsys.readouterr().out
 
 
-def test_a_stopped_run_resumes_from_its_last_evaluation_as_if_unbroken(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("guard", "name"),
+    [
+        ((), "g-freeze_lr1e-03_s0"),
+        (("--guard-weight", "1", "--guard-source", "prompts"), "g-freeze+kl-prompts-w1_lr1e-03_s0"),
+    ],
+    ids=["plain", "guarded"],
+)
+def test_a_stopped_run_resumes_from_its_last_evaluation_as_if_unbroken(data, tmp_path, monkeypatch, guard, name):
     unbroken, stopped = tmp_path / "unbroken", tmp_path / "stopped"
-    runs = ("--runs", "g-freeze@1e-3", "--keep-weights")
+    runs = (*guard, "--runs", "g-freeze@1e-3", "--keep-weights")
     real_models.main(run_args(data, unbroken, *runs, str(unbroken / "weights")))
     evaluate, calls = real_models.evaluate, []
 
@@ -143,15 +151,38 @@ def test_a_stopped_run_resumes_from_its_last_evaluation_as_if_unbroken(data, tmp
     real_models.main(run_args(data, stopped, *runs, str(stopped / "weights")))
 
     def final(root):
-        run = json.loads((root / "stories" / "qasc" / "g-freeze_lr1e-03_s0.json").read_text())
-        adapter = root / "weights" / "stories" / "qasc" / "g-freeze_lr1e-03_s0" / "adapter_model.safetensors"
-        return [(c["step"], c["train_loss"], c["task"]) for c in run["curve"]], load_file(adapter)
+        run = json.loads((root / "stories" / "qasc" / f"{name}.json").read_text())
+        adapter = root / "weights" / "stories" / "qasc" / name / "adapter_model.safetensors"
+        curve = [(c["step"], c["train_loss"], c["task"], c.get("retention_kl")) for c in run["curve"]]
+        return curve, load_file(adapter)
 
     (curve, weights), (resumed_curve, resumed_weights) = final(unbroken), final(stopped)
     assert resumed_curve == curve and len(curve) == 3
     assert weights.keys() == resumed_weights.keys()
     assert all(torch.equal(weights[k], resumed_weights[k]) for k in weights)
     assert not list((stopped / "checkpoints").rglob("step-*"))  # removed once the run is done
+
+
+@pytest.mark.parametrize("source", ["self", "prompts", "wikitext"])
+def test_guarded_runs_record_the_guard_and_its_kl_and_start_at_the_base(data, tmp_path, monkeypatch, source):
+    monkeypatch.setenv(real_models.CACHE_ENV, str(tmp_path / "cache" / "models"))  # self-generated text lands here
+    real_models.main(run_args(data, tmp_path, "--guard-weight", "2", "--guard-source", source, "--runs", "full@1e-3"))
+    run = json.loads((tmp_path / "stories" / "qasc" / f"full+kl-{source}-w2_lr1e-03_s0.json").read_text())
+    guard = run["settings"]["guard"]
+    assert guard["weight"] == 2.0 and guard["source"] == source and guard["windows"] > 0
+    assert guard["dropped_overlapping"] >= 0 and guard["overlap_words"] == 8
+    assert run["curve"][1]["retention_kl"] == 0.0  # step 1 measures before any update: the frozen copy is the model
+    assert run["curve"][2]["retention_kl"] > 0
+    assert run["method"] == f"full+kl-{source}-w2"
+    cached = list((tmp_path / "cache" / "retention-text").glob("*.safetensors"))
+    assert len(cached) == (1 if source == "self" else 0)  # the model's own text is sampled once and kept
+
+
+def test_the_report_names_guarded_runs_after_their_method():
+    assert report.label("g-freeze+kl-self-w1") == "G-Freeze all + KL (self, w=1)"
+    assert report.label("full+kl-prompts-w0.3-t2") == "full FT + KL (prompts, w=0.3, t=2)"
+    methods = ["g-freeze+kl-self-w1", "full+kl-self-w1", "g-freeze", "full"]
+    assert sorted(methods, key=report.order) == ["full", "full+kl-self-w1", "g-freeze", "g-freeze+kl-self-w1"]
 
 
 def test_other_evaluation_settings_are_refused_in_the_same_folder(data, finished):
