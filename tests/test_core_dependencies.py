@@ -42,7 +42,7 @@ def test_the_method_works_with_the_core_dependencies_alone(tmp_path):
         from transformers import AutoModelForCausalLM, LlamaConfig
         import peft_grow
         from peft_grow import GrowConfig, load_merged, save_merged
-        import peft_grow.evaluation, peft_grow.analysis, peft_grow.io, peft_grow.cli  # import without their extras
+        import peft_grow.evaluation, peft_grow.analysis, peft_grow.io, peft_grow.cli, peft_grow.training  # no extras
 
         config = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                              num_key_value_heads=2, vocab_size=32)
@@ -58,6 +58,9 @@ def test_the_method_works_with_the_core_dependencies_alone(tmp_path):
         assert torch.allclose(loaded(ids).logits, before, atol=1e-5)
         save_merged(loaded, {str(tmp_path / "merged")!r})
         assert torch.allclose(load_merged({str(tmp_path / "merged")!r})(ids).logits, before, atol=1e-5)
+        from peft_grow.training import RetentionGuard  # the guard in a torch loop needs no extra either
+        penalty, kl = RetentionGuard(torch.tensor([[1, 2, 3, 4, 5]]), weight=1.0).penalty(model, 0)
+        assert kl.item() < 1e-6
         imported = [name for name in {OPTIONAL!r} if sys.modules.get(name) is not None]
         assert not imported, imported
         print("ok")
@@ -71,6 +74,7 @@ def test_the_method_works_with_the_core_dependencies_alone(tmp_path):
     ("code", "extra", "package"),
     [
         ("from peft_grow.cli import main; main(['--help'])", "cli", "typer"),
+        ("from peft_grow.training import GuardedSFTTrainer", "trl", "trl"),
         ("from peft_grow.evaluation import bleu; bleu(['a'], ['a'])", "eval", "sacrebleu"),
         ("from peft_grow.evaluation import task_manager; task_manager('.')", "eval", "lm-eval"),
         (
