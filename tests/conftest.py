@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # the guard's tests compare with trl.experimental on purpose
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -394,3 +394,37 @@ def test_a_reference_with_another_vocabulary_is_refused(windows):
 def test_text_tokenized_for_another_model_is_refused(windows):
     with pytest.raises(RetentionGuardError, match="token id 9999, but the model's vocabulary has 512"):
         RetentionGuard(torch.full((2, 8), 9999)).check(get_peft_model(base_model(), GrowConfig(k=2)))
+
+
+def test_trls_self_distillation_trainer_trains_a_grown_adapter_with_the_base_as_its_teacher(tmp_path):
+    """SDFTTrainer (TRL's on-policy self-distillation, Shenfeld et al. 2026), the field's neighbour of the guard:
+    its default teacher is the model under the adapter, which for GROW is the base exactly."""
+    from trl.experimental.sdft import SDFTConfig, SDFTTrainer
+
+    tok = tokenizer()
+    tok.pad_token = tok.pad_token or tok.eos_token
+    data = Dataset.from_dict({"prompt": ["Once upon a time"] * 8, "privileged_context": ["Lily went to the park."] * 8})
+    args = SDFTConfig(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=16,
+        learning_rate=1e-3,
+        report_to=[],
+        use_cpu=DEVICE.type == "cpu",
+        bf16=False,
+        logging_steps=1,
+        save_strategy="no",
+    )
+    assert args.teacher_model_kind == "base"
+    trainer = SDFTTrainer(
+        model=base_model(), args=args, train_dataset=data, processing_class=tok, peft_config=GrowConfig(k=2)
+    )
+    frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    before = trained_state(trainer.model)
+    trainer.train()
+    after = trained_state(trainer.model)
+    assert all(not torch.equal(before[k], after[k]) for k in before)  # every new tensor moved
+    assert all(torch.equal(p, frozen[n]) for n, p in trainer.model.named_parameters() if n in frozen)
+    assert all(math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h)
