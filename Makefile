@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-fast conformance lint format clean
+.PHONY: install demo test test-fast conformance gpu-check lint format clean
 
 install: $(STAMP)
 
@@ -37,6 +37,13 @@ test-fast: $(STAMP)
 # The first run downloads the installed peft's sdist (its tests) into ~/.cache/peft-grow/peft-src with pip.
 conformance: $(STAMP)
 	$(PY) -m benchmarks.peft_conformance
+
+# The GPU check (benchmarks/gpu_check.py): on a CUDA machine with its own python3, which holds CUDA torch (no .venv
+# there); `make gpu-check DRY=1` rehearses it anywhere on the CPU (the test suite runs the same dry run).
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+OUT ?= gpu-check
+gpu-check:
+	PYTHONPATH=. $(GPU_PY) -m benchmarks.gpu_check --out $(OUT) $(if $(DRY),--dry-run,)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

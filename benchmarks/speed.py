@@ -116,7 +116,7 @@ def autocast(ids, dtype: torch.dtype):
     return torch.autocast(ids.device.type, dtype=dtype)
 
 
-def training_variants(base) -> dict[str, torch.nn.Module]:
+def training_variants(base, guarded: bool = True) -> dict[str, torch.nn.Module]:
     layers = base.config.num_hidden_layers
     variants = {
         "full": copy.deepcopy(base),
@@ -129,7 +129,7 @@ def training_variants(base) -> dict[str, torch.nn.Module]:
     for name, param in wide.named_parameters():
         param.requires_grad = ".mlp." in name
     variants["wide-ref"] = wide
-    for name in GUARDED:
+    for name in GUARDED if guarded else ():
         variants[f"{name}+guard"] = copy.deepcopy(variants[name])
     return variants
 
@@ -211,8 +211,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_training(base, ids, repeats: int, warmup: int) -> list[Measurement]:
-    variants, dtype = training_variants(base), base.dtype
+def measure_training(base, ids, repeats: int, warmup: int, guarded: bool = True) -> list[Measurement]:
+    variants, dtype = training_variants(base, guarded), base.dtype
     guard = guards(variants, ids)
     optimizers = {
         n: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5) for n, m in variants.items()
@@ -319,6 +319,8 @@ def report(setting: str, training: list[Measurement], inference: list[Measuremen
 def guard_table(training: list[Measurement], cuda: bool) -> list[str]:
     """The retention guard's cost: each guarded variant against the same variant without it."""
     by_name = {m.name: m for m in training}
+    if not any(f"{name}+guard" in by_name for name in GUARDED):
+        return []
     lines = [
         "",
         "| retention guard (a quarter of the batch) | step vs without (median ± IQR) | memory vs without |"
@@ -337,10 +339,11 @@ def guard_table(training: list[Measurement], cuda: bool) -> list[str]:
     return lines
 
 
-def run(setting: str, repeats: int, warmup: int, decode_tokens: int):
-    """(training measurements, inference measurements, the input ids) of one setting."""
+def run(setting: str, repeats: int, warmup: int, decode_tokens: int, guarded: bool = True):
+    """(training measurements, inference measurements, the input ids) of one setting; `guarded` adds the retention
+    guard's variants."""
     base, ids = build_base(setting)
-    training = measure_training(base, ids, repeats, warmup)
+    training = measure_training(base, ids, repeats, warmup, guarded)
     inference = measure_inference(base, ids, repeats, warmup, decode_tokens)
     return training, inference, ids
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-pytestmark = pytest.mark.slow  # fresh interpreters and subprocesses: `make test-fast` skips them
+pytestmark = [pytest.mark.slow, pytest.mark.cpu_only]  # subprocesses on CPU (gloo, CUDA hidden): skipped by test-fast
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "scripts"
