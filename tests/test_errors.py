@@ -167,6 +167,17 @@ def test_corrupt_adapter_file(adapter_dir, damage):
         PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(adapter_dir / "base"), adapter_dir / "adapter")
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_an_adapter_that_cannot_compute_is_refused_at_load_naming_the_tensor(adapter_dir, value):
+    path = adapter_dir / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(path)
+    name = sorted(tensors)[1]
+    tensors[name].view(-1)[3] = value
+    save_file(tensors, path)
+    with pytest.raises(GrowCheckpointError, match=rf"tensor {re.escape(name)} holds 1 NaN or infinite value.*lower"):
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(adapter_dir / "base"), adapter_dir / "adapter")
+
+
 def test_pickled_or_missing_weights_are_refused(adapter_dir):
     adapter = adapter_dir / "adapter"
     shutil.move(adapter / "adapter_model.safetensors", adapter / "adapter_model.bin")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 from safetensors import safe_open
 
 from ..tuner.model import GrowCheckpointError
@@ -21,10 +22,12 @@ def check_adapter_folder(path: str | os.PathLike, subfolder: str | None = None) 
 
 
 def check_adapter_weights(folder: str) -> None:
-    """Raise a clear error if `folder` has no readable `adapter_model.safetensors`.
+    """Raise a clear error if `folder` has no readable `adapter_model.safetensors`, or one whose tensors hold NaN
+    or infinity (an adapter that cannot compute: its logits would all be NaN).
 
-    Only the header and the file length are read (safetensors checks that every tensor fits in the file), so
-    this is cheap even for large adapters. Pickled weights are refused: loading them can run arbitrary code.
+    The header and the file length are checked first (safetensors checks that every tensor fits in the file);
+    then each tensor is read once through safetensors' memory map, which leaves it in the page cache for PEFT's
+    own read. Pickled weights are refused: loading them can run arbitrary code.
     """
     path = os.path.join(folder, ADAPTER_WEIGHTS)
     if not os.path.isfile(path):
@@ -51,3 +54,13 @@ def check_adapter_weights(folder: str) -> None:
             f"{path} holds no grown-adapter tensors (expected names containing '.grow_', found "
             f"{names[:3]}{'...' if len(names) > 3 else ''}). This is not a peft-grow adapter file."
         )
+    with safe_open(path, framework="pt") as handle:
+        for name in names:
+            tensor = handle.get_tensor(name)
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise GrowCheckpointError(
+                    f"{path}: tensor {name} holds {bad} NaN or infinite value(s) of {tensor.numel()}; an adapter "
+                    "that cannot compute (every logit would be NaN). Training diverged before it was saved: save "
+                    "an earlier checkpoint, or train again with a lower learning rate or gradient clipping."
+                )
