@@ -109,6 +109,16 @@ class Run:
                 return interpolate(a, b, (level - a.score) / (b.score - a.score))
         return self.curve[-1] if self.curve[-1].score >= level else None
 
+    def bracket(self, level: float) -> tuple[Point, Point] | None:
+        """The evaluations before and after the first reaching of `level` (the same point twice where an
+        evaluation reaches it exactly): what a reading between them rests on."""
+        for a, b in zip(self.curve, self.curve[1:], strict=False):
+            if a.score >= level:
+                return a, a
+            if b.score >= level:
+                return (b, b) if b.score == level else (a, b)
+        return None
+
 
 def load_runs(folder: Path) -> list[Run]:
     runs = []
@@ -188,6 +198,7 @@ def equal_score_header(lr_column: str, unit: str) -> list[str]:
         "step at level",
         "retention change at level (points)",
         "share of full FT's drop",
+        "change at the evaluations around it",
     ]
 
 
@@ -209,7 +220,7 @@ def equal_score(
         r = selected[method]
         at = r.at_score(level)
         if at is None:
-            rows.append([label(method), f"{r.lr:.0e}", fmt(score_se(r.final), scale), "", "never", "", ""])
+            rows.append([label(method), f"{r.lr:.0e}", fmt(score_se(r.final), scale), "", "never", "", "", ""])
             rows[-1][3] = f"{r.final.retention(tasks) * 100:.1f}"
             methods[method] = {"lr": r.lr, "final_score": r.final.score, "reaches_level": False}
             continue
@@ -224,10 +235,23 @@ def equal_score(
                 f"{at.step:.0f}",
                 fmt(drop, signed=True),
                 "1 (reference)" if method == "full" else fmt(share, scale=1.0),
+                around(r, level, base, tasks),
             ]
         )
         methods[method] = {"lr": r.lr, "final_score": r.final.score, "drop_at_level": drop, "share_of_full_drop": share}
     return rows, level, full_drop, methods
+
+
+def around(run: Run, level: float, base: Point, tasks: list[str]) -> str:
+    """The retention change at the evaluations that bracket the level, with their steps: the interpolation at
+    the level lies between them, so where they differ little it adds no doubt."""
+    before, after = run.bracket(level)
+    if before is after:
+        return f"{change(before, base, tasks)[0] * 100:+.1f} (step {before.step:.0f}, measured)"
+    return (
+        f"{change(before, base, tasks)[0] * 100:+.1f} to {change(after, base, tasks)[0] * 100:+.1f} "
+        f"(steps {before.step:.0f}-{after.step:.0f})"
+    )
 
 
 def report(folder: Path, tasks: list[str], metric: str, unfinished: bool = False) -> tuple[str, dict]:

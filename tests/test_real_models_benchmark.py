@@ -268,3 +268,16 @@ def test_equal_score_compares_each_selected_run_with_full_fine_tuning_at_their_l
     assert methods["g-freeze"]["drop_at_level"][0] == pytest.approx(-0.25)
     assert methods["g-freeze"]["share_of_full_drop"] == report.ratio(methods["g-freeze"]["drop_at_level"], full_drop)
     assert [row[0] for row in rows] == ["full FT", "G-Freeze all"] and rows[1][4] == "20"
+
+
+def test_the_reading_at_a_level_names_the_evaluations_it_rests_on():
+    def point(step, score, correct):
+        return report.Point(step, score, 10, {"copa": correct})
+
+    base = point(0, 0.0, [1.0] * 10)
+    run = report.Run("full", 1e-4, 0, 1, 1, "done", 1.0, {}, [base, point(50, 0.4, [1.0] * 8 + [0.0] * 2)])
+    run.curve.append(point(100, 0.8, [1.0] * 6 + [0.0] * 4))
+    assert run.bracket(0.6) == (run.curve[1], run.curve[2])
+    assert report.around(run, 0.6, base, ["copa"]) == "-20.0 to -40.0 (steps 50-100)"
+    assert report.around(run, 0.4, base, ["copa"]) == "-20.0 (step 50, measured)"
+    assert run.bracket(0.9) is None
