@@ -242,6 +242,43 @@ def equal_score(
     return rows, level, full_drop, methods
 
 
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error over seeds (0 for one value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
+def over_seeds(runs: list[Run], best: dict[str, Run], base: Point, tasks: list[str], scale: float) -> tuple:
+    """Each method at its best rate, over every seed run there: final score, retention change where each seed's
+    run first reaches 90% of full fine-tuning's mean final score, and that change as a share of full fine-tuning's
+    of the same seed (mean ± standard error over seeds). Rows only where some method has several seeds."""
+    seeds = {m: [r for r in runs if r.method == m and r.lr == best[m].lr] for m in best}
+    if max(map(len, seeds.values())) < 2:
+        return [], {}
+    level = 0.9 * mean_se([r.final.score for r in seeds["full"]])[0]
+    full_drop = {r.seed: change(r.at_score(level), base, tasks)[0] for r in seeds["full"] if r.at_score(level)}
+    rows, found = [], {}
+    for method in sorted(seeds, key=order):
+        reached = [r for r in seeds[method] if r.at_score(level) is not None]
+        drops = [change(r.at_score(level), base, tasks)[0] for r in reached]
+        shares = [d / full_drop[r.seed] for d, r in zip(drops, reached, strict=True) if full_drop.get(r.seed)]
+        finals = mean_se([r.final.score for r in seeds[method]])
+        found[method] = {"seeds": [r.seed for r in seeds[method]], "final": finals, "drops": drops, "shares": shares}
+        rows.append(
+            [
+                label(method),
+                f"{best[method].lr:.0e}",
+                f"{len(seeds[method])} ({len(reached)} reach it)",
+                fmt(finals, scale),
+                fmt(mean_se(drops), signed=True) if drops else "never",
+                fmt(mean_se(shares), scale=1.0) if shares and method != "full" else ("1" if method == "full" else ""),
+            ]
+        )
+    return rows, found | {"level": level}
+
+
 def around(run: Run, level: float, base: Point, tasks: list[str]) -> str:
     """The retention change at the evaluations that bracket the level, with their steps: the interpolation at
     the level lies between them, so where they differ little it adds no doubt."""
@@ -324,6 +361,16 @@ def report(folder: Path, tasks: list[str], metric: str, unfinished: bool = False
             table(equal_score_header("best lr", unit), rows),
             "",
         ]
+        rows, summary["over_seeds"] = over_seeds(runs, best, base, tasks, scale)
+        if rows:
+            lines += [
+                f"**Over seeds** (each method at its best rate; where each seed's run first reaches "
+                f"{summary['over_seeds']['level'] * scale:.1f} {unit}, 90% of full fine-tuning's mean final score; "
+                "mean ± standard error over seeds, each share against full fine-tuning's drop of the same seed):",
+                "",
+                table(["method", "lr", "seeds", f"new task, end ({unit})", "retention change at level", "share"], rows),
+                "",
+            ]
         same_rate = {r.method: r for r in runs if r.seed == 0 and r.lr == best["full"].lr}
         if len(same_rate) > 1 and same_rate != best:
             rows, level, _, summary["same_rate"] = equal_score(same_rate, base, tasks, score_se, scale)

@@ -281,3 +281,23 @@ def test_the_reading_at_a_level_names_the_evaluations_it_rests_on():
     assert report.around(run, 0.6, base, ["copa"]) == "-20.0 to -40.0 (steps 50-100)"
     assert report.around(run, 0.4, base, ["copa"]) == "-20.0 (step 50, measured)"
     assert run.bracket(0.9) is None
+
+
+def test_seeds_are_read_at_90_percent_of_full_fine_tunings_mean_score_against_the_same_seed():
+    def point(step, score, kept):
+        return report.Point(step, score, 10, {"copa": [1.0] * kept + [0.0] * (10 - kept)})
+
+    base = point(0, 0.0, 10)
+
+    def run(method, seed, kept, final=1.0):
+        return report.Run(method, 1e-4, seed, 1, 1, "done", 1.0, {}, [base, point(100, final, kept)])
+
+    runs = [run("full", 0, 6), run("full", 1, 8), run("g-freeze", 0, 8), run("g-freeze", 1, 9), run("g-freeze", 2, 9)]
+    best = {"full": runs[0], "g-freeze": runs[2]}
+    rows, found = report.over_seeds(runs, best, base, ["copa"], 100.0)
+    assert found["level"] == 0.9
+    assert found["full"]["drops"] == pytest.approx([-0.36, -0.18])  # at 90% of the way to step 100
+    # g-freeze seeds 0 and 1 have a full fine-tuning run of the same seed: shares 0.5 and 0.5; seed 2 has none
+    assert found["g-freeze"]["shares"] == pytest.approx([0.5, 0.5])
+    assert rows[1][:3] == ["G-Freeze all", "1e-04", "3 (3 reach it)"] and rows[1][5] == "0.5 ± 0.0"
+    assert report.over_seeds(runs[:1] + runs[2:3], best, base, ["copa"], 100.0) == ([], {})  # one seed each
