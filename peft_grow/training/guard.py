@@ -29,7 +29,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-# Chosen from the measurements in docs/results.md ("Retention guard"); see docs/recipes.md for when to change them.
+# The setting measured on both real models (docs/results.md, "The retention guard"): weight 1 at temperature 1, and
+# 2 windows of 128 tokens per step against a task batch of 8 (a quarter of it; scale it with yours). No other
+# setting has been measured on them yet (benchmarks/guard_sweep.py sweeps the weight on stories260K).
 DEFAULT_WEIGHT = 1.0
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_BATCH_SIZE = 2
