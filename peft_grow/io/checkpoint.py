@@ -41,20 +41,20 @@ def check_adapter_weights(folder: str) -> None:
             "Save the adapter again with save_pretrained, or copy the missing file."
         )
     try:
-        with safe_open(path, framework="pt") as handle:
-            names = list(handle.keys())
+        handle = safe_open(path, framework="pt")
     except Exception as exc:  # safetensors raises its own error types for every kind of damage
         raise GrowCheckpointError(
             f"{path} is not a readable safetensors file ({os.path.getsize(path)} bytes; safetensors said: "
             f"{exc}). It is truncated or corrupt: save the adapter again or re-download it."
         ) from exc
-    foreign = [n for n in names if ".grow_" not in n]
-    if not names or len(foreign) == len(names):
-        raise GrowCheckpointError(
-            f"{path} holds no grown-adapter tensors (expected names containing '.grow_', found "
-            f"{names[:3]}{'...' if len(names) > 3 else ''}). This is not a peft-grow adapter file."
-        )
-    with safe_open(path, framework="pt") as handle:
+    with handle:  # one open for the names and the values
+        names = list(handle.keys())
+        foreign = [n for n in names if ".grow_" not in n]
+        if not names or len(foreign) == len(names):
+            raise GrowCheckpointError(
+                f"{path} holds no grown-adapter tensors (expected names containing '.grow_', found "
+                f"{names[:3]}{'...' if len(names) > 3 else ''}). This is not a peft-grow adapter file."
+            )
         for name in names:
             tensor = handle.get_tensor(name)
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
