@@ -34,12 +34,13 @@ from transformers.utils import logging as hf_logging
 
 from peft_grow import GrowConfig
 from peft_grow.io.loading import token_windows
-from peft_grow.training import RetentionGuard, dataset_windows, self_generated_windows
+from peft_grow.training import RetentionGuard, self_generated_windows
+
+from .guarded import wikitext_windows
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data"
 MODEL = DATA / "stories260K"
-WIKITEXT = ROOT / "benchmarks" / "data" / "wikitext2_valid_head.txt"
 BOS = 1
 WEIGHTS = (0.0, 0.3, 1.0, 3.0, 10.0)
 
@@ -75,8 +76,7 @@ def domains(tokenizer, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.
 def guard_text(source: str, base, tokenizer, length: int) -> torch.Tensor:
     if source == "self":
         return self_generated_windows(base, tokenizer, count=256, length=length, seed=1234)
-    lines = [line for line in WIKITEXT.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return dataset_windows(lines, tokenizer, length)
+    return wikitext_windows(tokenizer, length)
 
 
 def train(result: Result, model, guard: RetentionGuard, data: tuple, args) -> Result:

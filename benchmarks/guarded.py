@@ -70,8 +70,13 @@ def windows(spec: GuardSpec, base: torch.nn.Module, tokenizer, prompts: list[str
         return self_generated_windows(base, tokenizer, spec.count, spec.length, seed=0, cache_dir=cache)
     if spec.source == "prompts":
         return prompt_windows(prompts, tokenizer, spec.length)
+    return wikitext_windows(tokenizer, spec.length)
+
+
+def wikitext_windows(tokenizer, length: int) -> torch.Tensor:
+    """The `wikitext` source: the non-blank lines of the WikiText-2 head shipped in benchmarks/data."""
     lines = [line for line in WIKITEXT.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return dataset_windows(lines, tokenizer, spec.length)
+    return dataset_windows(lines, tokenizer, length)
 
 
 def build_guard(
