@@ -1,6 +1,7 @@
 """`peft-grow merge` on real files: the written checkpoint, exit codes and one-line refusals."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,11 @@ def test_merge_refuses_missing_adapter_files(saved, capsys, tmp_path):
     root, _, _ = saved
     code, _, err = run(capsys, "merge", root / "base", tmp_path / "nothing", root / "never")
     assert_one_line_error(code, err)
+    (tmp_path / "config-only").mkdir()
+    shutil.copy(root / "adapter" / "adapter_config.json", tmp_path / "config-only")
+    code, _, err = run(capsys, "merge", root / "base", tmp_path / "config-only", root / "never")
+    assert_one_line_error(code, err)
+    assert "no adapter_model.safetensors; the folder is incomplete" in err and not (root / "never").exists()
 
 
 @pytest.mark.slow

@@ -52,6 +52,28 @@ def fake_hub(monkeypatch):
     return uploads
 
 
+def test_the_tuner_alone_saves_and_loads_its_config_as_any_peft_config(tmp_path, monkeypatch):
+    """The card and the weights check are peft_grow.io's, hung on GrowConfig's FolderHooks: without them the config
+    writes adapter_config.json alone, and loads from a folder that holds nothing else, as LoraConfig does."""
+    from peft import LoraConfig
+
+    from peft_grow.tuner.config import FOLDER_HOOKS
+
+    assert FOLDER_HOOKS.after_save is not None and FOLDER_HOOKS.before_load is not None  # `import peft_grow` set them
+    for config, folder in ((GrowConfig(k=3), tmp_path / "grow"), (LoraConfig(r=2), tmp_path / "lora")):
+        with monkeypatch.context() as patch:
+            patch.setattr(FOLDER_HOOKS, "after_save", None)
+            patch.setattr(FOLDER_HOOKS, "before_load", None)
+            config.save_pretrained(folder)
+            assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json"]
+            assert type(config).from_pretrained(folder).to_dict() == config.to_dict()
+    GrowConfig(k=3).save_pretrained(tmp_path / "with-io")  # with peft_grow.io's hooks: the card as well
+    assert "## Grown adapter" in (tmp_path / "with-io" / "README.md").read_text()
+    # and the check of the weights: PEFT itself would take a local folder without them for a Hub id
+    with pytest.raises(peft_grow.GrowCheckpointError, match="no adapter_model.safetensors; the folder is incomplete"):
+        GrowConfig.from_pretrained(tmp_path / "with-io")
+
+
 def test_push_adapter_uploads_exactly_the_saved_folder(adapter, tmp_path, fake_hub):
     adapter.save_pretrained(tmp_path / "saved")
     assert peft_grow.push_adapter_to_hub(adapter, "me/grown", commit_message="hi") == "commit"

@@ -65,6 +65,7 @@ app = typer.Typer(
 )
 
 
+# GrowConfig's modes and init modes, written out so that `--help` needs no torch (tests/test_cli.py checks them)
 class Mode(StrEnum):
     freeze = "freeze"
     train = "train"

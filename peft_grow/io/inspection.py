@@ -244,7 +244,7 @@ def _read_settings(config: dict, problems: list[str]) -> _Settings:
     if mode not in MODES:
         problems.append(f"mode is {mode!r}, expected one of {MODES}.")
     if init not in INITS:
-        problems.append(f"init is {init!r}, expected one of {INITS}.")
+        problems.append(f"init is {init!r}, expected one of {tuple(INITS)}.")
     return settings
 
 

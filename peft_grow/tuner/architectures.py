@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from .experts import experts_layout, experts_shape
 from .quantization import unsupported_quantization
 from .tensors import PROJECTIONS, linear_shape
 
@@ -344,8 +345,6 @@ def find_mlps(
 def _experts_modules(model: nn.Module, stack: str) -> dict[tuple[str, int], str]:
     """The fused experts module (peft_grow.tuner.experts) of each numbered layer that has one, seen through a grown
     layer's wrapper, by (layer stack, index)."""
-    from .experts import experts_layout  # it imports the layers, which import this module
-
     found = {}
     for name, module in model.named_modules():
         if name.endswith(".base_layer") or ".base_layer." in name:
@@ -365,8 +364,6 @@ def _experts_modules(model: nn.Module, stack: str) -> dict[tuple[str, int], str]
 
 
 def _experts_mlp(model: nn.Module, stack: str, index: int, name: str) -> GrownMLP:
-    from .experts import experts_layout, experts_shape
-
     module = model.get_submodule(name)
     base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
     layout = experts_layout(base)

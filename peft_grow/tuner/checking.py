@@ -20,11 +20,12 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .architectures import GrownMLP, UnsupportedArchitectureError
-from .tensors import PROJECTIONS
+from .experts import experts_layout, preserves_function
+from .growth import INITS
+from .tensors import PROJECTIONS, interleave, is_conv1d, linear_layout
 
 if TYPE_CHECKING:
     from .config import GrowConfig
@@ -86,8 +87,6 @@ def _check_one(model: nn.Module, mlp: GrownMLP, config: GrowConfig) -> None:
 
 def _check_experts(model: nn.Module, mlp: GrownMLP, config: GrowConfig) -> None:
     """The same check for a fused experts module, run directly on tokens routed to every expert."""
-    from .experts import experts_layout, preserves_function
-
     module = model.get_submodule(mlp.down)
     layout = experts_layout(module)
     if layout is None or module.down_proj.is_meta:
@@ -121,25 +120,18 @@ def _beyond_rounding(difference: float, scale: float, dtype: torch.dtype) -> str
 def _grown(model: nn.Module, mlp: GrownMLP, config: GrowConfig, generator: torch.Generator) -> Iterator[None]:
     """The MLP computes as grown k times at its start, through hooks, without a copy of any weight.
 
-    Up side: each chunk's output gains k-1 copies (copy init) or the output of fresh random rows (zero init).
-    Down side: its k*p-wide input becomes what its k column blocks make of it: the mean of the blocks (each block
-    W/k, copy init) or the first block (the original block unscaled, new columns zero: zero init). The
-    symmetry noise sums to zero over equal blocks and is left out.
+    Up side: each chunk's output gains what the init's new rows output at their start (`Init.new_outputs`).
+    Down side: its k*p-wide input becomes what its k column blocks make of it (`Init.collapse`). The symmetry
+    noise sums to zero over equal blocks and is left out.
     """
-    k, chunks, p = config.k, mlp.chunks, mlp.width
+    init, k, chunks = INITS[config.init], config.k, mlp.chunks
 
     def widen(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
-        if config.init == "copy":
-            return torch.cat([torch.cat([c] * k, dim=-1) for c in out.chunk(chunks, dim=-1)], dim=-1)
-        x = args[0]
-        rows = torch.randn(chunks * (k - 1) * p, x.shape[-1], generator=generator)
-        fresh = F.linear(x, (rows * _std(module)).to(x.device, x.dtype))
-        pairs = zip(out.chunk(chunks, dim=-1), fresh.chunk(chunks, dim=-1), strict=True)
-        return torch.cat([part for pair in pairs for part in pair], dim=-1)
+        up = linear_layout(module.weight, is_conv1d(module))
+        return interleave(out, init.new_outputs(args[0], out, up, chunks, k, generator), chunks, dim=-1)
 
     def narrow(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        blocks = args[0].unflatten(-1, (k, p))
-        return (blocks.mean(dim=-2) if config.init == "copy" else blocks[..., 0, :], *args[1:])
+        return (init.collapse(args[0], k), *args[1:])
 
     handles = [model.get_submodule(name).register_forward_hook(widen) for name in mlp.up]
     handles.append(model.get_submodule(mlp.down).register_forward_pre_hook(narrow))
@@ -148,10 +140,6 @@ def _grown(model: nn.Module, mlp: GrownMLP, config: GrowConfig, generator: torch
     finally:
         for handle in handles:
             handle.remove()
-
-
-def _std(module: nn.Module) -> float:
-    return module.weight.float().std().item()
 
 
 def _common_parent(names: tuple[str, ...]) -> str:

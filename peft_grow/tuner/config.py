@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -10,9 +11,9 @@ from peft.config import PeftConfig
 
 from ._peft_registry import grow_peft_type
 from .architectures import MLPLayout
+from .growth import INITS  # the init modes, by name
 
 MODES = ("freeze", "train")
-INITS = ("copy", "zero")
 
 
 @dataclass
@@ -150,7 +151,7 @@ class GrowConfig(PeftConfig):
         if self.mode not in MODES:
             raise ValueError(f"GrowConfig.mode must be one of {MODES}, got {self.mode!r}.")
         if self.init not in INITS:
-            raise ValueError(f"GrowConfig.init must be one of {INITS}, got {self.init!r}.")
+            raise ValueError(f"GrowConfig.init must be one of {tuple(INITS)}, got {self.init!r}.")
 
     def _validate_symmetry_noise(self) -> None:
         if isinstance(self.symmetry_noise, bool) or not isinstance(self.symmetry_noise, (int, float)):
@@ -203,36 +204,45 @@ class GrowConfig(PeftConfig):
     @property
     def has_equal_down_blocks(self) -> bool:
         """True where several copies start equal and would stay equal under training (docs/method.md)."""
-        if self.init != "copy":
+        if not INITS[self.init].equal_down_blocks:
             return False
         return self.mode == "train" or self.k >= 3
 
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
-        """Write adapter_config.json and give the folder's README.md the peft-grow section and tags.
-
-        PeftModel.save_pretrained writes its model card before the config, so the card is already there to update.
-        """
-        # PEFT's only hook at save time after the model card is written (imported here: peft_grow.io imports the tuner)
-        from ..io.cards import write_adapter_card
-
+        """Write adapter_config.json, then run `FOLDER_HOOKS.after_save` (peft_grow.io: the model card)."""
         super().save_pretrained(save_directory, **kwargs)
-        write_adapter_card(save_directory, self)
+        if FOLDER_HOOKS.after_save is not None:
+            FOLDER_HOOKS.after_save(save_directory, self)
 
     @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any
     ) -> GrowConfig:
-        """Load the config; for a local adapter folder, also check that its weights file is readable.
-
-        PEFT loads the weights right after the config, and a truncated or corrupt file would otherwise surface
-        as a bare deserialisation error.
-        """
-        # PEFT's only hook between reading adapter_config.json and reading the weights (imported here, as above)
-        from ..io.checkpoint import check_adapter_folder
-
+        """Load the config, then run `FOLDER_HOOKS.before_load` (peft_grow.io: a missing or damaged weights file is
+        refused here; PEFT would take a local folder without one for a Hub id, and fail on a damaged one with a bare
+        deserialisation error)."""
         config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        check_adapter_folder(pretrained_model_name_or_path, subfolder)
+        if FOLDER_HOOKS.before_load is not None:
+            FOLDER_HOOKS.before_load(pretrained_model_name_or_path, subfolder)
         return config
+
+
+@dataclass
+class FolderHooks:
+    """What runs beside GrowConfig's save_pretrained and from_pretrained, registered from above the tuner.
+
+    When PEFT saves or loads an adapter folder, the only code of a tuner's it calls with the folder is its config's
+    save_pretrained (after PeftModel writes the model card) and from_pretrained (between reading
+    adapter_config.json and reading the weights). peft_grow.io, which imports the tuner, registers the model
+    card and the check of the weights file here; the tuner alone imports nothing above it and saves and loads
+    as any PeftConfig.
+    """
+
+    after_save: Callable[[str, GrowConfig], None] | None = None  # (folder, config)
+    before_load: Callable[[str, str | None], None] | None = None  # (path or Hub id, subfolder)
+
+
+FOLDER_HOOKS = FolderHooks()
 
 
 def _is_int(value: object) -> bool:

@@ -27,9 +27,19 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .layer import GrowLayer, GrowSettings, zero_sum_noise
+from .growth import (
+    INITS,
+    frozen_noise,
+    merged_down,
+    merged_up,
+    merged_up_bias,
+    refuse_non_finite,
+    zero_padded_bias,
+    zero_padded_down,
+    zero_padded_up,
+)
+from .layer import GrowLayer, GrowSettings
 from .stores import EXPERTS, filled_stores
-from .tensors import interleave
 
 if TYPE_CHECKING:
     from .config import GrowConfig
@@ -109,22 +119,12 @@ def grown_tensors(
     """The experts module's tensors widened k times, in its own layout, from the original ones and the new parts
     (all canonical: new up rows [E, c(k-1)p, h], new down columns [E, h, (k-1)p], noise [E, h, kp])."""
     up = _canonical(getattr(module, layout.up), layout.transposed)
-    if delta_up is not None:  # G-Train: the original rows train through a zero-initialised delta
-        up = up + delta_up.to(up.dtype)
-    tensors = {layout.up: _canonical(interleave(up, new_up.to(up.dtype), settings.chunks, dim=1), layout.transposed)}
+    tensors = {layout.up: _canonical(merged_up(up, new_up, settings.chunks, delta_up), layout.transposed)}
     if layout.bias:
         bias = getattr(module, layout.up_bias)
-        if delta_up_bias is not None:
-            bias = bias + delta_up_bias.to(bias.dtype)
-        tensors[layout.up_bias] = interleave(bias, new_up_bias.to(bias.dtype), settings.chunks, dim=1)
+        tensors[layout.up_bias] = merged_up_bias(bias, new_up_bias, settings.chunks, delta_up_bias)
     down = _canonical(module.down_proj, layout.transposed)
-    if settings.mean_down:  # G-Train from copies: k frozen blocks W/k
-        wide = (down / settings.k).repeat(1, 1, settings.k)
-    else:
-        first = down / settings.k if settings.init == "copy" else down
-        wide = torch.cat([first, new_down.to(down.dtype)], dim=2)
-    if noise is not None:
-        wide = wide + noise.to(wide.dtype)
+    wide = merged_down(down, settings.k, settings.init, new_down, noise)
     tensors["down_proj"] = _canonical(wide, layout.transposed)
     return tensors
 
@@ -135,45 +135,21 @@ def initial_parts(
     """The new tensors of one adapter at their function-preserving start, keyed by grown_tensors' arguments."""
     up = _canonical(getattr(module, layout.up), layout.transposed).detach()
     down = _canonical(module.down_proj, layout.transposed).detach()
-    experts, rows, hidden = up.shape
-    c, k, copies = layout.chunks, config.k, config.k - 1
-    p = rows // c
-    stores = filled_stores(EXPERTS, config.mode, config.init, noise=config.symmetry_noise > 0, bias=layout.bias)
+    init, k, noise = INITS[config.init], config.k, config.symmetry_noise
+    stores = filled_stores(EXPERTS, config.mode, config.init, noise=noise > 0, bias=layout.bias)
     fills = {argument for argument, store in STORES.items() if store in stores}
-    parts = {}
-    if config.init == "copy":
-        copied = up.reshape(experts, c, 1, p, hidden).expand(-1, -1, copies, -1, -1)
-        parts["new_up"] = copied.reshape(experts, -1, hidden)
-    else:  # fresh units at the scale of the pretrained rows
-        device = "cpu" if generator is not None else up.device  # a seeded generator draws on the CPU
-        fresh = torch.randn(experts, c * copies * p, hidden, generator=generator, dtype=torch.float32, device=device)
-        parts["new_up"] = (fresh * up.float().std()).to(device=up.device, dtype=up.dtype)
+    parts = {"new_up": init.new_rows(up, layout.chunks, k, generator)}
     if "new_up_bias" in fills:
-        bias = getattr(module, layout.up_bias).detach()
-        if config.init == "copy":
-            parts["new_up_bias"] = bias.reshape(experts, c, 1, p).expand(-1, -1, copies, -1).reshape(experts, -1)
-        else:
-            parts["new_up_bias"] = bias.new_zeros(experts, c * copies * p)
+        parts["new_up_bias"] = init.new_bias(getattr(module, layout.up_bias).detach(), layout.chunks, k)
     if "delta_up" in fills:  # G-Train: the original rows train through a zero-initialised delta
         parts["delta_up"] = torch.zeros_like(up)
     if "delta_up_bias" in fills:
         parts["delta_up_bias"] = torch.zeros_like(getattr(module, layout.up_bias))
-    block = down / k
     if "new_down" in fills:
-        if config.init == "zero":  # new columns start at zero and train in either mode
-            parts["new_down"] = torch.zeros_like(down).repeat(1, 1, copies)
-        else:
-            parts["new_down"] = block.repeat(1, 1, copies)
-            if config.symmetry_noise > 0 and k >= 3:  # the k-1 trained copies start equal
-                parts["new_down"] = parts["new_down"] + _noise(block, copies, config.symmetry_noise)
+        parts["new_down"] = init.new_columns(down, k, noise)
     if "noise" in fills:  # G-Train: all k frozen blocks are equal
-        parts["noise"] = _noise(block, k, config.symmetry_noise)
+        parts["noise"] = frozen_noise(down, k, noise)
     return parts
-
-
-def _noise(block: torch.Tensor, blocks: int, scale: float) -> torch.Tensor:
-    """Per expert, `blocks` random column blocks that sum to zero (see peft_grow.tuner.layer.zero_sum_noise)."""
-    return torch.stack([zero_sum_noise(expert, blocks, scale) for expert in block])
 
 
 # grown_tensors' argument -> the store of GrowExpertsLayer that holds it
@@ -258,12 +234,7 @@ class GrowExpertsLayer(nn.Module, GrowLayer):
                 self._check_tensors_finite(name, self._grown_tensors(name))
 
     def _check_tensors_finite(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
-        broken = [key for key, tensor in tensors.items() if not torch.isfinite(tensor).all()]
-        if broken:
-            raise ValueError(
-                f"NaNs detected in the merged weights. The adapter {name} seems to be broken: merging it would write "
-                f"NaN or inf into {type(self.get_base_layer()).__name__}.{broken[0]}. Nothing was merged."
-            )
+        refuse_non_finite(name, tensors, lambda key: f"{type(self.get_base_layer()).__name__}.{key}")
 
     def unmerge(self) -> None:
         if not self.merged:
@@ -277,16 +248,11 @@ def pad_experts(module: nn.Module, extra: int) -> None:
     """Widen every expert by `extra` units that contribute exactly zero (zero up rows, zero down columns), in place."""
     layout = experts_layout(module)
     up = _canonical(module._parameters[layout.up].detach(), layout.transposed)
-    experts, rows, hidden = up.shape
-    zeros = up.new_zeros(experts, layout.chunks * extra, hidden)
-    tensors = {layout.up: _canonical(interleave(up, zeros, layout.chunks, dim=1), layout.transposed)}
+    tensors = {layout.up: _canonical(zero_padded_up(up, layout.chunks, extra), layout.transposed)}
     if layout.bias:
-        bias = module._parameters[layout.up_bias].detach()
-        zero_bias = bias.new_zeros(experts, layout.chunks * extra)
-        tensors[layout.up_bias] = interleave(bias, zero_bias, layout.chunks, dim=1)
+        tensors[layout.up_bias] = zero_padded_bias(module._parameters[layout.up_bias].detach(), layout.chunks, extra)
     down = _canonical(module._parameters["down_proj"].detach(), layout.transposed)
-    wide_down = torch.cat([down, down.new_zeros(*down.shape[:2], extra)], dim=2)
-    tensors["down_proj"] = _canonical(wide_down, layout.transposed)
+    tensors["down_proj"] = _canonical(zero_padded_down(down, extra), layout.transposed)
     for key, tensor in tensors.items():
         original = module._parameters[key]
         module._parameters[key] = nn.Parameter(tensor.contiguous(), requires_grad=original.requires_grad)

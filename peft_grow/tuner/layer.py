@@ -47,6 +47,7 @@ from torch import nn
 
 from . import _fast_paths
 from ._fast_paths import autocasting
+from .growth import INITS, frozen_noise, merged_down, merged_up, merged_up_bias, refuse_non_finite
 from .quantization import (
     bnb_dequantized,
     dequantized_linear,
@@ -75,12 +76,12 @@ class GrowSettings:
     @property
     def mean_down(self) -> bool:
         """G-Train from copies: every down block is the frozen W_down / k, so down(x) = W_down @ mean of blocks."""
-        return self.mode == "train" and self.init == "copy"
+        return self.mode == "train" and not INITS[self.init].trains_new_columns
 
     @property
     def share(self) -> float:
         """The weight of the original down block: 1/k for copy init, 1 for zero init (its new columns start at 0)."""
-        return 1.0 / self.k if self.init == "copy" else 1.0
+        return INITS[self.init].share(self.k)
 
 
 def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv1d: bool) -> torch.Tensor:
@@ -110,15 +111,6 @@ def matmul_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """x.to(dtype), without the call when it would return x itself (decode pays for every call)."""
     return x if x.dtype == dtype else x.to(dtype)
-
-
-def zero_sum_noise(block: torch.Tensor, blocks: int, scale: float) -> torch.Tensor:
-    """`blocks` random [h, p] blocks side by side ([h, blocks*p]) that sum to zero, std `scale` * std(block)."""
-    h, p = block.shape
-    noise = torch.randn(blocks, h, p, device=block.device, dtype=torch.float32)
-    noise = noise * (scale * block.float().std())
-    noise = noise - noise.mean(dim=0, keepdim=True)
-    return noise.permute(1, 0, 2).reshape(h, blocks * p).to(block.dtype)
 
 
 class GrowLayer(BaseTunerLayer):
@@ -309,13 +301,9 @@ class GrowLayer(BaseTunerLayer):
         return adapter_names[0]
 
     def _check_finite(self, name: str, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        if not (torch.isfinite(weight).all() and (bias is None or torch.isfinite(bias).all())):
-            base = self.get_base_layer()
-            raise ValueError(
-                f"NaNs detected in the merged weights. The adapter {name} seems to be broken: merging it would write "
-                f"NaN or inf into the layer wrapping {type(base).__name__} {tuple(base.weight.shape)}. Nothing was "
-                "merged."  # PEFT's own wording first, which its tools and tests match
-            )
+        base = self.get_base_layer()
+        place = f"the layer wrapping {type(base).__name__} {tuple(base.weight.shape)}"
+        refuse_non_finite(name, {"weight": weight, "bias": bias}, lambda key: place)
 
     def unmerge(self) -> None:
         if not self.merged:  # e.g. a layer that the merged adapter does not grow
@@ -352,20 +340,13 @@ class GrowUpLayer(nn.Module, GrowLayer):
         settings = GrowSettings(config.k, config.mode, config.init, chunks)
         base = self.get_base_layer()
         weight = self._linear_weight()  # [c*p, h]
-        out_features, h = weight.shape
-        p, copies = out_features // chunks, config.k - 1
+        init = INITS[config.init]
         stores = filled_stores(UP, config.mode, config.init, bias=base.bias is not None)
         with torch.no_grad():
-            if config.init == "copy":
-                new_weight = weight.reshape(chunks, 1, p, h).expand(chunks, copies, p, h).reshape(-1, h)
-                new_bias = None if base.bias is None else base.bias.reshape(chunks, 1, p).expand(-1, copies, -1)
-            else:  # fresh units at the scale of the pretrained rows
-                new_weight = torch.randn(chunks * copies * p, h, device=weight.device, dtype=torch.float32)
-                new_weight = (new_weight * weight.float().std()).to(weight.dtype)
-                new_bias = None if base.bias is None else torch.zeros_like(base.bias).repeat(copies)
+            new_weight = init.new_rows(weight, chunks, config.k)
             self._add_parameter(self.grow_new_weight, adapter_name, self._native(new_weight))
             if "grow_new_bias" in stores:
-                self._add_parameter(self.grow_new_bias, adapter_name, new_bias.reshape(-1))
+                self._add_parameter(self.grow_new_bias, adapter_name, init.new_bias(base.bias, chunks, config.k))
             if "grow_delta_weight" in stores:  # G-Train: a delta on the original rows keeps the base weight untouched
                 self._add_parameter(self.grow_delta_weight, adapter_name, self._native(torch.zeros_like(weight)))
             if "grow_delta_bias" in stores:
@@ -426,19 +407,20 @@ class GrowUpLayer(nn.Module, GrowLayer):
         return out.to(dtype)
 
     def _merged_tensors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        settings, base = self.grow_settings[adapter_name], self.get_base_layer()
-        weight = self._linear_weight()
-        dtype = weight.dtype
-        if adapter_name in self.grow_delta_weight:
-            weight = weight + linear_layout(self.grow_delta_weight[adapter_name], self.conv1d).to(dtype)
-        new_weight = linear_layout(self.grow_new_weight[adapter_name], self.conv1d).to(dtype)
-        merged = self._native(interleave(weight, new_weight, settings.chunks, dim=0))
+        chunks, base = self.grow_settings[adapter_name].chunks, self.get_base_layer()
+        delta = self.grow_delta_weight.get(adapter_name)
+        weight = merged_up(
+            self._linear_weight(),
+            linear_layout(self.grow_new_weight[adapter_name], self.conv1d),
+            chunks,
+            None if delta is None else linear_layout(delta, self.conv1d),
+        )
         if base.bias is None:
-            return merged, None
-        bias = base.bias
-        if adapter_name in self.grow_delta_bias:
-            bias = bias + self.grow_delta_bias[adapter_name].to(dtype)
-        return merged, interleave(bias, self.grow_new_bias[adapter_name].to(dtype), settings.chunks, dim=0)
+            return self._native(weight), None
+        bias = merged_up_bias(
+            base.bias, self.grow_new_bias[adapter_name], chunks, self.grow_delta_bias.get(adapter_name)
+        )
+        return self._native(weight), bias
 
 
 class GrowDownLayer(nn.Module, GrowLayer):
@@ -454,21 +436,15 @@ class GrowDownLayer(nn.Module, GrowLayer):
     def update_layer(self, adapter_name: str, config: GrowConfig, **kwargs: Any) -> None:
         settings = GrowSettings(config.k, config.mode, config.init)
         weight = self._linear_weight()  # [h, p]
-        k = config.k
-        stores = filled_stores(DOWN, config.mode, config.init, noise=config.symmetry_noise > 0)
+        k, noise = config.k, config.symmetry_noise
+        stores = filled_stores(DOWN, config.mode, config.init, noise=noise > 0)
         with torch.no_grad():
-            block = weight / k
             if "grow_new_weight" in stores:
-                if config.init == "zero":  # Appendix C.2: new columns start at zero and train in either mode
-                    new_weight = torch.zeros_like(weight).repeat(1, k - 1)
-                else:
-                    new_weight = block.repeat(1, k - 1)
-                    if config.symmetry_noise > 0 and k >= 3:  # the k-1 trained copies start equal
-                        new_weight = new_weight + zero_sum_noise(block, k - 1, config.symmetry_noise)
+                new_weight = INITS[config.init].new_columns(weight, k, noise)
                 self._add_parameter(self.grow_new_weight, adapter_name, self._native(new_weight))
             if "grow_noise" in stores:  # G-Train: all k frozen blocks are equal
-                self.grow_noise[adapter_name] = self._native(zero_sum_noise(block, k, config.symmetry_noise))
-        self._finish_update(adapter_name, settings, config, lambda: 0.1 * block.float().std())
+                self.grow_noise[adapter_name] = self._native(frozen_noise(weight, k, noise))
+        self._finish_update(adapter_name, settings, config, lambda: 0.1 * (weight / k).float().std())
 
     forward = GrowLayer.forward  # nn.Module's comes first in the bases
 
@@ -518,14 +494,14 @@ class GrowDownLayer(nn.Module, GrowLayer):
         return torch.add(cast(rest, first.dtype), first, alpha=share)
 
     def _merged_tensors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        settings, base = self.grow_settings[adapter_name], self.get_base_layer()
-        weight, k = self._linear_weight(), settings.k
-        dtype = weight.dtype
-        if settings.mean_down:
-            merged = (weight / k).repeat(1, k)
-        else:
-            first = weight / k if settings.init == "copy" else weight
-            merged = torch.cat([first, linear_layout(self.grow_new_weight[adapter_name], self.conv1d).to(dtype)], dim=1)
-        if adapter_name in self.grow_noise:
-            merged = merged + linear_layout(self.grow_noise[adapter_name], self.conv1d).to(dtype)
-        return self._native(merged), None if base.bias is None else base.bias
+        settings = self.grow_settings[adapter_name]
+        new_weight = self.grow_new_weight.get(adapter_name)
+        noise = self.grow_noise[adapter_name] if adapter_name in self.grow_noise else None  # noqa: SIM401  (BufferDict has no get)
+        merged = merged_down(
+            self._linear_weight(),
+            settings.k,
+            settings.init,
+            None if new_weight is None else linear_layout(new_weight, self.conv1d),
+            None if noise is None else linear_layout(noise, self.conv1d),
+        )
+        return self._native(merged), self.get_base_layer().bias

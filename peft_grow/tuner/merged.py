@@ -25,7 +25,8 @@ from torch import nn
 from .architectures import WIDTH_KEYS, GrownMLP, find_mlps, resolve_layout
 from .config import GrowConfig
 from .experts import experts_layout, pad_experts
-from .tensors import interleave, is_conv1d, linear_layout, linear_shape, set_projection
+from .growth import zero_padded_bias, zero_padded_down, zero_padded_up
+from .tensors import is_conv1d, linear_layout, linear_shape, set_projection
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -148,16 +149,11 @@ def _pad_mlp(model: nn.Module, mlp: GrownMLP, width: int) -> None:
         return
     for name in mlp.up:
         module = model.get_submodule(name)
-        weight = linear_layout(module.weight, is_conv1d(module))
-        rows = weight.new_zeros(mlp.chunks * extra, weight.shape[1])
-        padded = interleave(weight, rows, mlp.chunks, dim=0)
-        bias = None
-        if module.bias is not None:
-            bias = nn.Parameter(interleave(module.bias, module.bias.new_zeros(mlp.chunks * extra), mlp.chunks, dim=0))
+        padded = zero_padded_up(linear_layout(module.weight, is_conv1d(module)), mlp.chunks, extra)
+        bias = None if module.bias is None else nn.Parameter(zero_padded_bias(module.bias, mlp.chunks, extra))
         set_projection(module, parameter_like(linear_layout(padded, is_conv1d(module)), module.weight), bias)
     module = model.get_submodule(mlp.down)
-    weight = linear_layout(module.weight, is_conv1d(module))
-    padded = torch.cat([weight, weight.new_zeros(weight.shape[0], extra)], dim=1)
+    padded = zero_padded_down(linear_layout(module.weight, is_conv1d(module)), extra)
     set_projection(module, parameter_like(linear_layout(padded, is_conv1d(module)), module.weight), None)
 
 

@@ -10,6 +10,8 @@ reads the same function to know what a saved adapter must (and may) hold.
 
 from __future__ import annotations
 
+from .growth import INITS
+
 UP, DOWN, EXPERTS = "up", "down", "experts"
 ROLES = (UP, DOWN, EXPERTS)
 
@@ -35,7 +37,7 @@ def filled_stores(role: str, mode: str, init: str, *, noise: bool = False, bias:
             filled |= {"grow_delta_weight"} | ({"grow_delta_bias"} if bias else set())
         return frozenset(filled)
     if role == DOWN:
-        if init == "zero" or mode == "freeze":  # new columns (zero init: they start at zero, trained in either mode)
+        if mode == "freeze" or INITS[init].trains_new_columns:  # new columns (zero init: trained in either mode)
             return frozenset({"grow_new_weight"})
         return frozenset({"grow_noise"} if noise else ())  # G-Train from copies: the k blocks W_down / k are frozen
     if role == EXPERTS:
