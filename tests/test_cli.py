@@ -322,11 +322,3 @@ def test_usage_errors(capsys):
     assert "Missing argument" in err
     code, out, err = run(capsys)  # no command: the help; exit code 2 from click 8.2 on, 0 before
     assert code in (0, 2) and "Usage" in out + err
-
-
-def test_the_command_line_offers_exactly_the_config_modes_and_init_modes():
-    from peft_grow.cli.app import Init, Mode
-    from peft_grow.tuner.config import INITS, MODES
-
-    assert [mode.value for mode in Mode] == list(MODES)
-    assert [init.value for init in Init] == list(INITS)

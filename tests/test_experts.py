@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from peft_grow import GrowConfig, UnsupportedArchitectureError, load_merged, save_merged
-from peft_grow.tuner.experts import GrowExpertsLayer
+from peft_grow.tuner.experts import GrowExpertsLayer, experts_layout
 
 VOCAB = 96
 _BASE = dict(
@@ -268,3 +268,18 @@ def test_two_adapters_on_the_experts_switch_and_delete():
     model.delete_adapter("second")
     assert not any("second" in name for name, _ in model.named_parameters())
     assert torch.equal(logits(model, tokens), first)
+
+
+def test_a_partitioned_or_offloaded_experts_module_is_refused_as_a_projection_is():
+    """The refusals of GrowLayer.__init__ (tests/test_errors.py) hold for each 3-D tensor of an experts module."""
+    from accelerate import cpu_offload
+
+    model = tiny_moe("olmoe")
+    weight = next(m for m in model.modules() if experts_layout(m) is not None).down_proj
+    weight.ds_id, weight.ds_shape = 7, tuple(weight.shape)  # what DeepSpeed ZeRO-3 attaches to a partitioned weight
+    with pytest.raises(RuntimeError, match=r"partitioned by DeepSpeed ZeRO-3"):
+        get_peft_model(model, GrowConfig(check_function=False))
+    model = tiny_moe("olmoe")
+    cpu_offload(model, execution_device=torch.device("cpu"))
+    with pytest.raises(RuntimeError, match=r"offloaded by accelerate.*Load the model without offloading"):
+        get_peft_model(model, GrowConfig(check_function=False))

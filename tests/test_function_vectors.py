@@ -124,6 +124,12 @@ def test_the_command_line_compares_an_adapter_with_its_base(model, tmp_path, cap
     assert exit_info.value.code == 2 and "no such folder" in capsys.readouterr().err
 
 
+def answer_probs(model, inputs, answers):
+    """The probability of each prompt's answer at its final token, from a whole forward pass."""
+    logits = model(**inputs).logits[:, -1].float()
+    return logits.softmax(-1).gather(1, answers[:, None]).squeeze(1)
+
+
 def test_cached_patching_equals_running_each_patched_prompt_whole(model, tokenizer):
     """The effects computed on the final token over a cached prefix equal those of whole patched forward passes."""
     heads = fv.find_heads(model)
@@ -133,7 +139,7 @@ def test_cached_patching_equals_running_each_patched_prompt_whole(model, tokeniz
     effects = fv.causal_indirect_effects(model, tokenizer, corrupted, means, heads)
     inputs, answers = fv._encode(tokenizer, corrupted, torch.device("cpu"))
     with torch.no_grad():
-        baseline = fv._answer_probs(model, inputs, answers)
+        baseline = answer_probs(model, inputs, answers)
         for layer, head in [(0, 0), (2, 5), (4, 7)]:
             span = slice(head * heads.head_dim, (head + 1) * heads.head_dim)
 
@@ -143,6 +149,6 @@ def test_cached_patching_equals_running_each_patched_prompt_whole(model, tokeniz
                 return (x, *args[1:])
 
             handle = heads.projections[layer].register_forward_pre_hook(patch)
-            whole = (fv._answer_probs(model, inputs, answers) - baseline).mean().item()
+            whole = (answer_probs(model, inputs, answers) - baseline).mean().item()
             handle.remove()
             assert effects[layer, head].item() == pytest.approx(whole, abs=1e-6)

@@ -170,11 +170,6 @@ def _encode(
     return inputs, torch.tensor(answers, device=device)
 
 
-def _answer_probs(model: nn.Module, inputs: dict, answers: torch.Tensor) -> torch.Tensor:
-    logits = model(**inputs).logits[:, -1].float()
-    return logits.softmax(-1).gather(1, answers[:, None]).squeeze(1)
-
-
 # ------------------------------------------------------------------------------------------------ analysis
 
 

@@ -26,14 +26,21 @@ from contextlib import contextmanager
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
 
+import torch
+import transformers
 import typer
+from peft import PeftModel
 from transformers.utils import logging as hf_logging
 
+from ..analysis import function_vectors as fv
 from ..analysis.planning import plan_costs
+from ..analysis.selection import TextTooShortError, gradient_ranking, pilot_ranking, text_batches, top_layers
 from ..io.checkpoint import GrowCheckpointError
+from ..io.export import save_merged
 from ..io.inspection import inspect_adapter
 from ..io.loading import load_base_model
 from ..tuner.architectures import UnsupportedArchitectureError
+from ..tuner.config import INITS, MODES, GrowConfig
 from .render import (
     make_console,
     print_function_vectors,
@@ -65,15 +72,8 @@ app = typer.Typer(
 )
 
 
-# GrowConfig's modes and init modes, written out so that `--help` needs no torch (tests/test_cli.py checks them)
-class Mode(StrEnum):
-    freeze = "freeze"
-    train = "train"
-
-
-class Init(StrEnum):
-    copy = "copy"
-    zero = "zero"
+Mode = StrEnum("Mode", {mode: mode for mode in MODES})  # GrowConfig's, as choices of the options
+Init = StrEnum("Init", {init: init for init in INITS})
 
 
 class DType(StrEnum):
@@ -211,8 +211,6 @@ def rank_layers(
 ) -> None:
     """Rank MODEL's layers by how much fine-tuning on TEXT changes their MLPs; print the top ones as
     GrowConfig(layers=...) takes them (paper section 4.2)."""
-    from ..analysis.selection import gradient_ranking, pilot_ranking, top_layers
-
     quiet_libraries()
     console = make_console()
     with user_errors():
@@ -227,10 +225,6 @@ def rank_layers(
 
 def _text_batches(model: str, text: str, seq_len: int, batch: int, steps: int, seed: int) -> list[Batch]:
     """The file TEXT in `steps` random batches of `batch` windows of `seq_len` tokens of MODEL's tokenizer."""
-    import transformers
-
-    from ..analysis.selection import TextTooShortError, text_batches
-
     if not os.path.isfile(text):
         raise FileNotFoundError(f"{text}: no such file (expected a UTF-8 text file of the new task).")
     tokenizer = transformers.AutoTokenizer.from_pretrained(model)
@@ -296,8 +290,6 @@ def merge(
 
 def _check_merge_inputs(adapter: str, out: str, overwrite: bool) -> None:
     """Refuse an existing OUT without --overwrite, and a missing or damaged adapter, before any loading."""
-    from ..tuner.config import GrowConfig
-
     if os.path.exists(out) and not overwrite:
         raise FileExistsError(f"{out} already exists; choose another path or pass --overwrite to replace it.")
     GrowConfig.from_pretrained(adapter)
@@ -306,10 +298,6 @@ def _check_merge_inputs(adapter: str, out: str, overwrite: bool) -> None:
 def _merge_and_write(base: str, adapter: str, out: str, **save_options: Any) -> tuple[nn.Module, str]:
     """Load BASE, put ADAPTER on it, merge and write OUT (`save_merged` with `save_options`), showing the steps;
     (the merged model, the architecture BASE was loaded as)."""
-    from peft import PeftModel
-
-    from ..io.export import save_merged
-
     with step_progress() as steps:
         step = steps.add_task(f"loading the base model {base}", total=3)
         model = load_base_model(base)
@@ -382,10 +370,6 @@ def function_vectors_command(
     """Function vectors (Todd et al. 2024; paper section 4.5) of BASE and of each fine-tuned model: in-context
     and zero-shot accuracy, the vector's zero-shot effect, the top heads, and how many heads and how much of the
     vector each model shares with BASE."""
-    import torch
-
-    from ..analysis import function_vectors as fv
-
     quiet_libraries()
     console = make_console()
     results = []  # (path, result, heads shared with BASE, cosine to BASE's vector)
@@ -400,9 +384,6 @@ def function_vectors_command(
 
 def _load_for_analysis(base: str, path: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """A model and `base`'s tokenizer: `path` itself, or an adapter folder loaded onto `base`."""
-    import transformers
-    from peft import PeftModel
-
     if not os.path.isdir(path) and (os.path.isabs(path) or path.startswith(".") or path.count("/") != 1):
         raise FileNotFoundError(f"{path}: no such folder (expected a model folder, an adapter folder or a Hub id).")
     adapter = os.path.isfile(os.path.join(path, "adapter_config.json"))

@@ -20,7 +20,7 @@ from torch import nn
 from transformers import AutoConfig
 
 from ..tuner.config import GrowConfig
-from ..tuner.merged import LAYOUTS, SHAPES_KEY, describe_merged, parameter_like
+from ..tuner.merged import LAYOUTS, SHAPES_KEY, make_merged_loadable, parameter_like
 from ..tuner.tensors import is_conv1d, set_projection
 from .cards import write_merged_card
 from .loading import architecture_class
@@ -53,7 +53,7 @@ def save_merged(
     merged = model.merge_and_unload(layout=None)
     if dtype is not None:
         merged = merged.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-    widths = describe_merged(merged, config, layout)
+    widths = make_merged_loadable(merged, config, layout)
     original_format = not hasattr(merged.config, SHAPES_KEY)  # per-layer: keys as in memory, for load_merged
     architecture = merged.config.architectures[0] if merged.config.architectures else type(merged).__name__
 

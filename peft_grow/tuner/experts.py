@@ -39,6 +39,7 @@ from .growth import (
     zero_padded_up,
 )
 from .layer import GrowLayer, GrowSettings
+from .quantization import refuse_offloaded, refuse_partitioned, refuse_unsupported_quantization
 from .stores import EXPERTS, filled_stores
 
 if TYPE_CHECKING:
@@ -173,6 +174,10 @@ class GrowExpertsLayer(nn.Module, GrowLayer):
         layout = experts_layout(base_layer)
         if layout is None:
             raise TypeError(f"{type(base_layer).__name__} is not an experts module with fused 3-D weights.")
+        for name in layout.tensors:  # GrowLayer.__init__'s refusals, for each 3-D tensor (it checks one weight)
+            refuse_partitioned(base_layer, base_layer._parameters[name])
+            refuse_offloaded(base_layer, base_layer._parameters[name])
+        refuse_unsupported_quantization(base_layer)
         self._init_adapter_state(base_layer)
         self.grow_new_down_weight = nn.ParameterDict()
         self.layout = layout

@@ -64,6 +64,11 @@ if TYPE_CHECKING:
     from .config import GrowConfig
 
 
+# what a merged layer keeps to unmerge exactly: the original weight and bias; a quantized layer's module itself; an
+# experts layer's original tensors by name
+OriginalBase = tuple[nn.Parameter, nn.Parameter | None] | nn.Module | dict[str, nn.Parameter]
+
+
 @dataclass(frozen=True)
 class GrowSettings:
     """What one adapter does to one layer."""
@@ -145,8 +150,7 @@ class GrowLayer(BaseTunerLayer):
         self.grow_settings: dict[str, GrowSettings] = {}
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
-        # kept while merged: the original weight and bias, or the quantized module itself
-        self._original_base: tuple[nn.Parameter, nn.Parameter | None] | nn.Module | None = None
+        self._original_base: OriginalBase | None = None
 
     # -- feature counts as PEFT's layers expose them: the widths the layer computes with now --
     @property

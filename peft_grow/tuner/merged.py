@@ -38,22 +38,21 @@ SHAPES_KEY = "peft_grow_shapes"  # config attribute of a per-layer checkpoint: m
 MIXTURE_WIDTH_KEYS = (*WIDTH_KEYS, "moe_intermediate_size", "shared_expert_intermediate_size")
 
 
-def describe_merged(merged: nn.Module, config: GrowConfig, layout: str = "pad") -> list[int]:
-    """Give a merged model a config that describes it, in `layout`; returns its MLPs' real widths.
+def make_merged_loadable(merged: nn.Module, config: GrowConfig, layout: str = "pad") -> list[int]:
+    """Make a merged model save and reload, in place, in `layout`: widen the MLPs left narrow and make its config
+    describe it; returns its MLPs' real widths.
 
     "pad" widens the MLPs narrower than the widest with zero units and sets the config's width, so that
     `save_pretrained` and plain `from_pretrained` round-trip; "per-layer" records every MLP's shape under
     `peft_grow_shapes` for `load_merged`. When every MLP was grown, both just set the config's width.
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
-    mlps = find_mlps(merged, config.mlp_layout)
+    mlps = find_mlps(merged, config.mlp_layout)  # `layout` is checked by the callers, before anything is merged
     widths = [mlp.width for mlp in mlps]
     width = max(widths)
     if getattr(merged, "config", None) is None:  # a custom torch model: no config to describe, nothing to reload
         return widths
     if any(mlp.experts for mlp in mlps):
-        _describe_mixture(merged, config, mlps, layout)
+        _make_mixture_loadable(merged, config, mlps, layout)
         return widths
     width_key = resolve_layout(merged, config.mlp_layout).width_key
     if width_key is None and layout == "pad":  # a detected layout whose config names no width peft-grow knows
@@ -73,8 +72,8 @@ def describe_merged(merged: nn.Module, config: GrowConfig, layout: str = "pad") 
     return widths
 
 
-def _describe_mixture(merged: nn.Module, config: GrowConfig, mlps: list, layout: str) -> None:
-    """describe_merged for a model with experts, whose config names several widths (dense MLPs, routed experts,
+def _make_mixture_loadable(merged: nn.Module, config: GrowConfig, mlps: list, layout: str) -> None:
+    """make_merged_loadable for a model with experts, whose config names several widths (dense MLPs, routed experts,
     shared experts, some derived from others): every MLP becomes k times its original width (the ones not grown
     padded with zero units), so every width the config names scales by k. The scaled config is checked by
     building the model from it on the meta device; where it does not give the merged shapes, or the layout is

@@ -21,8 +21,9 @@ from .checking import check_growth_preserves
 from .config import GrowConfig
 from .experts import GrowExpertsLayer
 from .layer import GrowDownLayer, GrowLayer, GrowUpLayer
-from .merged import LAYOUTS, describe_merged
+from .merged import LAYOUTS, make_merged_loadable
 from .quantization import bnb_dequantized, dequantized_linear, is_bnb_quantized
+from .stores import DOWN, EXPERTS, UP
 
 
 class GrowCheckpointError(ValueError):
@@ -56,9 +57,6 @@ def _refuse_saving_grown_modules(config: GrowConfig, grown: list[str]) -> None:
             )
 
 
-EXPERTS = "experts"  # the role of a fused experts module among GrowModel._up_chunks' values
-
-
 class GrowModel(BaseTuner):
     """Grows the MLPs chosen by a `GrowConfig` (see `peft_grow.tuner.config`).
 
@@ -81,18 +79,18 @@ class GrowModel(BaseTuner):
         # with the model at hand, and hand PEFT the exact module names. A state_dict cannot tell the roles (a
         # G-Train down projection has no tensor in it), so it is not used to pick targets.
         config = self.peft_config[adapter_name]
-        # module name -> fused chunks for up-side projections; None for down projections, EXPERTS for experts modules
-        self._up_chunks = {}
+        # module name -> (role: UP, DOWN or EXPERTS, fused chunks of an up-side projection)
+        self._roles: dict[str, tuple[str, int]] = {}
         mlps = find_mlps(model, config.mlp_layout, config.layers, config.exclude_modules)
         if config.check_function:
             check_growth_preserves(model, mlps, config)
         for mlp in mlps:
             if mlp.experts:
-                self._up_chunks[mlp.down] = EXPERTS
+                self._roles[mlp.down] = (EXPERTS, 1)
                 continue
-            self._up_chunks.update({name: mlp.chunks for name in mlp.up})
-            self._up_chunks[mlp.down] = None
-        config.target_modules = sorted(self._up_chunks)
+            self._roles.update({name: (UP, mlp.chunks) for name in mlp.up})
+            self._roles[mlp.down] = (DOWN, 1)
+        config.target_modules = sorted(self._roles)
         _refuse_saving_grown_modules(config, config.target_modules)
         super().inject_adapter(
             model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, low_cpu_mem_usage=low_cpu_mem_usage
@@ -115,16 +113,12 @@ class GrowModel(BaseTuner):
         current_key: str,
         **kwargs: Any,
     ) -> None:
-        chunks = self._up_chunks[current_key]
+        role, chunks = self._roles[current_key]
         if isinstance(target, GrowLayer):
-            target.update_layer(adapter_name, config, chunks=chunks or 1)
+            target.update_layer(adapter_name, config, chunks=chunks)
             return
-        if chunks == EXPERTS:
-            new_module = GrowExpertsLayer(target, adapter_name, config)
-        elif chunks is None:  # a down projection
-            new_module = GrowDownLayer(target, adapter_name, config)
-        else:
-            new_module = GrowUpLayer(target, adapter_name, config, chunks=chunks)
+        layer = {UP: GrowUpLayer, DOWN: GrowDownLayer, EXPERTS: GrowExpertsLayer}[role]
+        new_module = layer(target, adapter_name, config, chunks=chunks)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)  # an added adapter is not trained until it is activated
         self._replace_module(parent, target_name, new_module, target)
@@ -197,7 +191,7 @@ class GrowModel(BaseTuner):
                     merged.set_submodule(module_name, dequantized_linear(module, weight, module.bias))
             merged.hf_quantizer.remove_quantization_config(merged)
         if layout is not None and isinstance(config, GrowConfig):
-            describe_merged(merged, config, layout)
+            make_merged_loadable(merged, config, layout)
         return merged
 
     def _unload_and_optionally_merge(

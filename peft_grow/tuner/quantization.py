@@ -98,11 +98,13 @@ def quantization_kind(module: nn.Module) -> str | None:
     return None
 
 
-def refuse_offloaded(module: nn.Module) -> None:
-    """Growth copies pretrained rows: refuse a module whose weight accelerate has offloaded (a meta placeholder)."""
-    if module.weight.is_meta and "_hf_hook" in module.__dict__:
+def refuse_offloaded(module: nn.Module, weight: torch.Tensor | None = None) -> None:
+    """Growth copies pretrained rows: refuse a module whose weight (`module.weight`, or the `weight` given: each 3-D
+    tensor of an experts module) accelerate has offloaded (a meta placeholder)."""
+    weight = module.weight if weight is None else weight
+    if weight.is_meta and "_hf_hook" in module.__dict__:
         raise RuntimeError(
-            f"Cannot grow a {type(module).__name__} {tuple(module.weight.shape)} whose weights are offloaded by "
+            f"Cannot grow a {type(module).__name__} {tuple(weight.shape)} whose weights are offloaded by "
             "accelerate: the module holds a meta placeholder, and growth copies the pretrained rows. "
             + OFFLOADING_UNSUPPORTED
         )
@@ -119,9 +121,10 @@ def refuse_placeholders(x: torch.Tensor, weight: torch.Tensor) -> None:
         )
 
 
-def refuse_partitioned(module: nn.Module) -> None:
-    """Growth copies pretrained rows, so it needs whole weights: refuse a DeepSpeed ZeRO-3 partitioned one."""
-    weight = module.weight
+def refuse_partitioned(module: nn.Module, weight: torch.Tensor | None = None) -> None:
+    """Growth copies pretrained rows, so it needs whole weights: refuse a DeepSpeed ZeRO-3 partitioned one
+    (`module.weight`, or the `weight` given: each 3-D tensor of an experts module)."""
+    weight = module.weight if weight is None else weight
     if getattr(weight, "ds_id", None) is None:  # the attribute DeepSpeed gives every ZeRO-3 parameter
         return
     raise RuntimeError(
