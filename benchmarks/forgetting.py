@@ -47,28 +47,27 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import multiprocessing
 import os
 import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from examples import demo  # noqa: E402  (the demo's model, original domain, windowing and loss)
-from peft_grow import GrowConfig  # noqa: E402
 from peft_grow.analysis.selection import pilot_ranking, top_layers  # noqa: E402
+
+from .methods import METHODS as SHARED  # noqa: E402
+from .methods import Method, lora_at, markdown_table, matched_lora_rank, pareto_front, text_table, trainable  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO_DATA = ROOT / "benchmarks" / "data"
@@ -166,64 +165,20 @@ def original_domain(tokenizer, seq_len: int, eval_windows: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Methods: one table, each entry a learning-rate grid and a function that turns a copy of the base model into the
-# model to train (`ctx` holds what the benchmark computed first: the pilot's layers, the matched LoRA rank).
-
-
-@dataclass(frozen=True)
-class Method:
-    key: str
-    label: str
-    lrs: tuple[float, float, float]
-    build: Callable[[torch.nn.Module, dict], torch.nn.Module]
-
-
-def lora(rank: int) -> LoraConfig:
-    # alpha = 2r, a common default; the learning-rate sweep absorbs the rest of the scale
-    return LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear")
-
+# Methods: this benchmark's line-up from the shared table (benchmarks/methods.py), each with its learning-rate grid;
+# `ctx` holds what the benchmark computed first (the pilot's layers, the matched LoRA rank).
 
 GROWTH_LRS = (1e-3, 3e-3, 1e-2)
 METHODS = {
-    m.key: m
-    for m in [
-        Method("full", "full FT", (3e-4, 1e-3, 3e-3), lambda base, ctx: base),
-        Method("lora", "LoRA (matched)", (1e-3, 3e-3, 1e-2), lambda b, ctx: get_peft_model(b, lora(ctx["lora_rank"]))),
-        Method("lora-r4", "LoRA r=4", (3e-3, 1e-2, 3e-2), lambda b, ctx: get_peft_model(b, lora(4))),
-        Method("g-freeze", "G-Freeze all", GROWTH_LRS, lambda b, ctx: get_peft_model(b, GrowConfig(k=2))),
-        Method(
-            "g-freeze-top",
-            "G-Freeze top-N",
-            GROWTH_LRS,
-            lambda b, ctx: get_peft_model(b, GrowConfig(layers=ctx["layers"], k=2)),
-        ),
-        Method("g-train", "G-Train", GROWTH_LRS, lambda b, ctx: get_peft_model(b, GrowConfig(k=2, mode="train"))),
-        Method(
-            "g-train-noise",
-            "G-Train + noise",
-            GROWTH_LRS,
-            lambda b, ctx: get_peft_model(b, GrowConfig(k=2, mode="train", symmetry_noise=0.5)),
-        ),
-        Method(
-            "zero-init",
-            "zero-init growth",
-            GROWTH_LRS,
-            lambda b, ctx: get_peft_model(b, GrowConfig(k=2, mode="freeze", init="zero")),
-        ),
-    ]
+    "full": replace(SHARED["full"], lrs=(3e-4, 1e-3, 3e-3)),
+    "lora": replace(SHARED["lora-matched"], lrs=(1e-3, 3e-3, 1e-2)),
+    "lora-r4": Method("LoRA r=4", lora_at(4), (3e-3, 1e-2, 3e-2)),
+    "g-freeze": replace(SHARED["g-freeze"], lrs=GROWTH_LRS),
+    "g-freeze-top": replace(SHARED["g-freeze-top"], label="G-Freeze top-N", lrs=GROWTH_LRS),
+    "g-train": replace(SHARED["g-train"], label="G-Train", lrs=GROWTH_LRS),
+    "g-train-noise": replace(SHARED["g-train-noise"], lrs=GROWTH_LRS),
+    "zero-init": replace(SHARED["zero-init"], lrs=GROWTH_LRS),
 }
-
-
-def trainable_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def matched_lora_rank(base: torch.nn.Module) -> int:
-    """The LoRA rank whose trainable-parameter count is closest to G-Freeze on every layer (LoRA's count is linear
-    in the rank)."""
-    target = trainable_params(METHODS["g-freeze"].build(copy.deepcopy(base), {}))
-    per_rank = trainable_params(get_peft_model(copy.deepcopy(base), lora(1)))
-    return max(1, round(target / per_rank))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -301,7 +256,7 @@ def train_run(job: Job) -> Run:
         job.method,
         job.lr,
         job.seed,
-        trainable_params(model),
+        trainable(model),
         sum(p.numel() for p in model.parameters()),
         0.0,
     )
@@ -475,21 +430,6 @@ def domain_caption(domain: Domain, summary: dict, original: torch.Tensor, settin
     )
 
 
-def text_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    return "\n".join([line(header), "-" * len(line(header)), *map(line, rows)])
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join(["| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *rows]])
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Figures
 
@@ -540,16 +480,6 @@ def plot_curves(path: Path, runs: list[Run], chosen: dict, titles: dict[str, str
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The points no other point beats on both losses, sorted by new-domain loss."""
-    front, best_original = [], math.inf
-    for new, original in sorted(points):
-        if original < best_original:
-            front.append((new, original))
-            best_original = original
-    return front
 
 
 def front_runs(runs: list[Run], domain: str) -> list[Run]:

@@ -62,17 +62,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's progress bars, one per evaluation
 
 import torch  # noqa: E402
-from peft import LoraConfig, get_peft_model  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from peft_grow import GrowConfig  # noqa: E402
 from peft_grow import evaluation as ev  # noqa: E402
 from peft_grow.analysis.selection import pilot_ranking, top_layers  # noqa: E402
 from peft_grow.training import RetentionGuard  # noqa: E402
 
 from . import guarded  # noqa: E402
+from .methods import METHODS, matched_lora_rank, trainable  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "real_models"
@@ -129,40 +128,6 @@ def spread(items: list, n: int) -> list:
     if len(items) <= n:
         return items
     return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)] if n > 1 else items[:1]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Methods
-
-
-def lora(rank: int) -> LoraConfig:
-    return LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear")
-
-
-METHODS = {
-    "full": ("full FT", lambda base, ctx: base),
-    "lora-r16": ("LoRA r=16", lambda base, ctx: get_peft_model(base, lora(16))),
-    "lora-matched": ("LoRA (matched)", lambda base, ctx: get_peft_model(base, lora(ctx["lora_rank"]))),
-    "g-freeze": ("G-Freeze all", lambda base, ctx: get_peft_model(base, GrowConfig(k=2))),
-    "g-freeze-top": ("G-Freeze top third", lambda base, ctx: get_peft_model(base, GrowConfig(layers=ctx["top"]))),
-    "g-train": ("G-Train all", lambda base, ctx: get_peft_model(base, GrowConfig(mode="train"))),
-    "g-train-noise": (
-        "G-Train + noise",
-        lambda base, ctx: get_peft_model(base, GrowConfig(mode="train", symmetry_noise=0.5)),
-    ),
-    "zero-init": ("zero-init growth", lambda base, ctx: get_peft_model(base, GrowConfig(init="zero"))),
-}
-
-
-def trainable(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def matched_lora_rank(base: torch.nn.Module) -> int:
-    """The LoRA rank whose trainable count is closest to G-Freeze on every layer (LoRA's count is linear in r)."""
-    target = trainable(get_peft_model(copy.deepcopy(base), GrowConfig(k=2)))
-    per_rank = trainable(get_peft_model(copy.deepcopy(base), lora(1)))
-    return max(1, round(target / per_rank))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -400,7 +365,7 @@ def train_run(setup: Setup, method: str, lr: float, seed: int, path: Path, base_
     settings |= {"retention": setup.retention} | guard_settings
     run = Run(args.model, setup.task, run_name(method, args), lr, seed, settings)
     torch.manual_seed(seed)  # LoRA's and zero-init's random weights, the symmetry noise
-    model = METHODS[method][1](copy.deepcopy(setup.base), setup.context).to(setup.device)
+    model = METHODS[method].build(copy.deepcopy(setup.base), method_context(setup.context)).to(setup.device)
     if guard:
         guard.check(model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -452,6 +417,11 @@ def train_run(setup: Setup, method: str, lr: float, seed: int, path: Path, base_
     if checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
     return run
+
+
+def method_context(context: dict) -> dict:
+    """What a method's build reads, from context.json (whose pilot layers are under "top")."""
+    return {"layers": context["top"], "lora_rank": context["lora_rank"]} if context else {}
 
 
 def make_guard(setup: Setup, method: str) -> tuple[RetentionGuard | None, dict]:

@@ -30,19 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .methods import METHODS, markdown_table, pareto_front
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "real_models"
 PAPER_LR = 1e-3
-LABELS = {
-    "full": "full FT",
-    "lora-r16": "LoRA r=16",
-    "lora-matched": "LoRA (matched)",
-    "g-freeze": "G-Freeze all",
-    "g-freeze-top": "G-Freeze top third",
-    "g-train": "G-Train all",
-    "g-train-noise": "G-Train + noise",
-    "zero-init": "zero-init growth",
-}
+LABELS = {key: method.label for key, method in METHODS.items()}
 
 
 def label(method: str) -> str:
@@ -169,13 +162,7 @@ def ratio(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]
 
 def pareto(runs: list[Run], tasks: list[str]) -> list[Run]:
     """Runs no other run beats on both final score and final retention, by score."""
-    ends = sorted(runs, key=lambda r: (-r.final.score, -r.final.retention(tasks)))
-    front, best = [], -math.inf
-    for run in ends:
-        if run.final.retention(tasks) > best:
-            front.append(run)
-            best = run.final.retention(tasks)
-    return front
+    return pareto_front(runs, key=lambda r: (-r.final.score, -r.final.retention(tasks)))
 
 
 def fmt(value: tuple[float, float] | None, scale: float = 100.0, signed: bool = False) -> str:
@@ -183,10 +170,6 @@ def fmt(value: tuple[float, float] | None, scale: float = 100.0, signed: bool = 
         return "n/a"
     mean, se = value
     return (f"{mean * scale:+.1f}" if signed else f"{mean * scale:.1f}") + f" ± {se * scale:.1f}"
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join("| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *rows])
 
 
 def equal_score_header(lr_column: str, unit: str) -> list[str]:
@@ -328,7 +311,7 @@ def report(folder: Path, tasks: list[str], metric: str, unfinished: bool = False
     lines += [
         f"**The paper's protocol** (every method at lr {PAPER_LR:g}, same steps):",
         "",
-        table(
+        markdown_table(
             ["method", "trainable", f"new task ({unit})", "retention %", "retention change (points)", "minutes"], rows
         ),
         "",
@@ -347,7 +330,7 @@ def report(folder: Path, tasks: list[str], metric: str, unfinished: bool = False
             f"**Fair reading** (each method at its best rate; compared where each first reaches the new-task score "
             f"{level * scale:.1f} {unit}, the lowest final score among them):",
             "",
-            table(equal_score_header("best lr", unit), rows),
+            markdown_table(equal_score_header("best lr", unit), rows),
             "",
         ]
         level = 0.9 * best["full"].final.score
@@ -358,7 +341,7 @@ def report(folder: Path, tasks: list[str], metric: str, unfinished: bool = False
             f"{best['full'].final.score * scale:.1f}; the level where a score means the task is learnt, not only "
             "its answer format):",
             "",
-            table(equal_score_header("best lr", unit), rows),
+            markdown_table(equal_score_header("best lr", unit), rows),
             "",
         ]
         rows, summary["over_seeds"] = over_seeds(runs, best, base, tasks, scale)
@@ -368,7 +351,9 @@ def report(folder: Path, tasks: list[str], metric: str, unfinished: bool = False
                 f"{summary['over_seeds']['level'] * scale:.1f} {unit}, 90% of full fine-tuning's mean final score; "
                 "mean ± standard error over seeds, each share against full fine-tuning's drop of the same seed):",
                 "",
-                table(["method", "lr", "seeds", f"new task, end ({unit})", "retention change at level", "share"], rows),
+                markdown_table(
+                    ["method", "lr", "seeds", f"new task, end ({unit})", "retention change at level", "share"], rows
+                ),
                 "",
             ]
         same_rate = {r.method: r for r in runs if r.seed == 0 and r.lr == best["full"].lr}
@@ -378,7 +363,7 @@ def report(folder: Path, tasks: list[str], metric: str, unfinished: bool = False
                 f"**At full fine-tuning's best rate** ({best['full'].lr:.0e} for every method run at it; compared "
                 f"where each first reaches {level * scale:.1f} {unit}, the lowest final score among them):",
                 "",
-                table(equal_score_header("lr", unit), rows),
+                markdown_table(equal_score_header("lr", unit), rows),
                 "",
             ]
     front = pareto(runs, tasks)
