@@ -63,15 +63,16 @@ import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from examples import demo  # noqa: E402  (the demo's model, original domain, windowing and loss)
 from peft_grow.analysis.selection import pilot_ranking, top_layers  # noqa: E402
+from peft_grow.io.loading import token_windows  # noqa: E402
 
+from . import stories  # noqa: E402  (the demo's model, original domain, data order and loss)
 from .methods import METHODS as SHARED  # noqa: E402
 from .methods import Method, lora_at, markdown_table, matched_lora_rank, pareto_front, text_table, trainable  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO_DATA = ROOT / "benchmarks" / "data"
-Curve = list[tuple[int, float, float]]  # (step, new-domain loss, original-domain loss)
+Curve = stories.Curve  # (step, new-domain loss, original-domain loss)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -87,15 +88,10 @@ class Domain:
     source: str  # the files it was read from
 
 
-def packed(tokenizer, documents: list[str]) -> torch.Tensor:
-    """One token stream, each document preceded by <s> (how llama2.c packed TinyStories)."""
-    return torch.tensor([t for ids in tokenizer(documents)["input_ids"] for t in [demo.BOS, *ids]])
-
-
 def spread_windows(ids: torch.Tensor, seq_len: int, n: int) -> torch.Tensor:
     """`n` windows evenly spaced over the stream (all of them if it holds fewer), so that the held-out set covers
     the whole split rather than its first pages."""
-    windows = demo.windows(ids, seq_len)
+    windows = token_windows(ids, seq_len)
     if len(windows) <= n:
         return windows
     return windows[torch.linspace(0, len(windows) - 1, n).round().long()]
@@ -129,21 +125,21 @@ def load_domains(
     domains = []
     for key in keys:
         if key == "shakespeare":
-            path = pick(shared, "text/tinyshakespeare.txt", demo.NEW_DOMAIN)
-            ids = packed(tokenizer, [path.read_text(encoding="utf-8")])
+            path = pick(shared, "text/tinyshakespeare.txt", stories.NEW_DOMAIN)
+            ids = stories.packed(tokenizer, [path.read_text(encoding="utf-8")])
             cut = int(len(ids) * 0.9)  # split by position, as the demo does
             train, heldout, source = ids[:cut], ids[cut:], f"{show(path)} (first 90% / last 10%)"
         elif key == "wikitext":
             train_path = pick(shared, "text/wikitext-2/valid.txt", REPO_DATA / "wikitext2_valid_head.txt")
             test_path = pick(shared, "text/wikitext-2/test.txt", REPO_DATA / "wikitext2_test_head.txt")
-            train = packed(tokenizer, [train_path.read_text(encoding="utf-8")])
-            heldout = packed(tokenizer, [test_path.read_text(encoding="utf-8")])
+            train = stories.packed(tokenizer, [train_path.read_text(encoding="utf-8")])
+            heldout = stories.packed(tokenizer, [test_path.read_text(encoding="utf-8")])
             source = f"{show(train_path)} / {show(test_path)}"
         elif key == "qasc":
             train_path = pick(shared, "tasks/qasc/train.json", REPO_DATA / "qasc_train_every32.json")
             dev_path = pick(shared, "tasks/qasc/dev.json", REPO_DATA / "qasc_dev_every6.json")
             records = [json.loads(p.read_text(encoding="utf-8")) for p in (train_path, dev_path)]
-            train, heldout = (packed(tokenizer, [qasc_document(r) for r in rs]) for rs in records)
+            train, heldout = (stories.packed(tokenizer, [qasc_document(r) for r in rs]) for rs in records)
             source = f"{show(train_path)} / {show(dev_path)}"
         else:
             raise ValueError(f"unknown domain {key!r}; choose from {DOMAINS}")
@@ -160,8 +156,7 @@ DOMAINS = {"shakespeare": "tiny Shakespeare", "wikitext": "WikiText-2", "qasc": 
 
 def original_domain(tokenizer, seq_len: int, eval_windows: int) -> torch.Tensor:
     """Held-out windows of the base model's own samples (examples/data/stories260K_samples.txt)."""
-    samples = demo.ORIGINAL_DOMAIN.read_text(encoding="utf-8").strip().split("\n\n")
-    return spread_windows(packed(tokenizer, samples), seq_len, eval_windows)
+    return spread_windows(stories.packed(tokenizer, stories.original_samples()), seq_len, eval_windows)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -231,17 +226,8 @@ class Setup:
 SETUP: Setup | None = None
 
 
-def batches(train: torch.Tensor, settings: Settings, seed: int):
-    """Random training windows; the same sequence for every method at a given seed."""
-    order = torch.Generator().manual_seed(seed)
-    while True:
-        starts = torch.randint(0, len(train) - settings.seq_len, (settings.batch,), generator=order).tolist()
-        batch = torch.stack([train[s : s + settings.seq_len] for s in starts])
-        yield {"input_ids": batch, "labels": batch}
-
-
 def evaluate(model, domain: Domain, original: torch.Tensor) -> tuple[float, float]:
-    return demo.mean_token_loss(model, domain.heldout), demo.mean_token_loss(model, original)
+    return stories.mean_token_loss(model, domain.heldout), stories.mean_token_loss(model, original)
 
 
 def train_run(job: Job) -> Run:
@@ -250,7 +236,6 @@ def train_run(job: Job) -> Run:
     domain = setup.domains[job.domain]
     torch.manual_seed(job.seed)  # LoRA's and zero-init's random weights, the symmetry noise
     model = METHODS[job.method].build(copy.deepcopy(setup.base), setup.context[job.domain])
-    params = [p for p in model.parameters() if p.requires_grad]
     run = Run(
         job.domain,
         job.method,
@@ -260,18 +245,18 @@ def train_run(job: Job) -> Run:
         sum(p.numel() for p in model.parameters()),
         0.0,
     )
-    optimizer = torch.optim.AdamW(params, lr=job.lr, weight_decay=0.0)
     start = time.perf_counter()
-    run.curve.append((0, *evaluate(model, domain, setup.original)))
-    model.train()
-    data = batches(domain.train, settings, job.seed)
-    for step in range(1, settings.steps + 1):
-        model(**next(data)).loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % settings.eval_every == 0 or step == settings.steps:
-            run.curve.append((step, *evaluate(model, domain, setup.original)))
+    run.curve = stories.train(
+        model,
+        domain.train,
+        lambda trained: evaluate(trained, domain, setup.original),
+        lr=job.lr,
+        steps=settings.steps,
+        batch=settings.batch,
+        seq_len=settings.seq_len,
+        eval_every=settings.eval_every,
+        seed=job.seed,
+    )
     run.seconds = time.perf_counter() - start
     return run
 
@@ -298,10 +283,9 @@ def log(run: Run) -> Run:
 def pilot_layers(base, domain: Domain, settings: Settings, n: int) -> list[int]:
     """The paper's heuristic: a short full fine-tune on the new domain, layers ranked by their MLP update norm."""
     model = copy.deepcopy(base)
-    data = batches(domain.train, settings, seed=0)
-    scores = pilot_ranking(
-        model, (next(data) for _ in range(settings.pilot_steps)), steps=settings.pilot_steps, lr=1e-3
-    )
+    data = stories.random_windows(domain.train, settings.batch, settings.seq_len, seed=0)
+    pilot = ({"input_ids": b, "labels": b} for b in (next(data) for _ in range(settings.pilot_steps)))
+    scores = pilot_ranking(model, pilot, steps=settings.pilot_steps, lr=1e-3)
     return top_layers(scores, n)
 
 
@@ -615,11 +599,11 @@ def main(argv: list[str] | None = None) -> dict:
     warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
     started = time.perf_counter()
 
-    tokenizer = AutoTokenizer.from_pretrained(demo.MODEL_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(stories.MODEL_DIR)
     shared = None if args.tiny else args.shared_data
     domains = load_domains(tokenizer, args.domains, settings.seq_len, settings.eval_windows, shared, not args.tiny)
     original = original_domain(tokenizer, settings.seq_len, settings.eval_windows)
-    base = demo.load_base()
+    base = stories.load_base()
     base_params = sum(p.numel() for p in base.parameters())
     rank = matched_lora_rank(base) if "lora" in args.methods else None
     context = {d.key: {"layers": pilot_layers(base, d, settings, args.top_n), "lora_rank": rank} for d in domains}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from peft import get_peft_model
 
-from benchmarks import forgetting, methods
+from benchmarks import forgetting, methods, stories
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_without_shared_data_the_full_modes_read_the_repository_material(capsys)
     """No data folder outside the repository by default: without --shared-data the slices in benchmarks/data and
     the demo's Shakespeare are read, and each domain says so."""
     assert forgetting.parse_args(["--quick"]).shared_data is None
-    tokenizer = forgetting.AutoTokenizer.from_pretrained(forgetting.demo.MODEL_DIR)
+    tokenizer = forgetting.AutoTokenizer.from_pretrained(stories.MODEL_DIR)
     domains = forgetting.load_domains(tokenizer, ["qasc"], 32, 2, shared=None, announce=True)
     assert domains[0].source.startswith("benchmarks/data/qasc_train_every32.json")
     assert "notice: qasc: no --shared-data" in capsys.readouterr().out
@@ -111,7 +111,7 @@ def test_summary_follows_from_the_runs(tiny):
 
 def test_trainable_parameter_counts_match_the_models(tiny):
     results, _, _ = tiny
-    base = forgetting.demo.load_base()
+    base = stories.load_base()
     base_params = sum(p.numel() for p in base.parameters())
     assert results["base_params"] == base_params
     h, p, layers = base.config.hidden_size, base.config.intermediate_size, base.config.num_hidden_layers
