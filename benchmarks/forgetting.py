@@ -586,19 +586,10 @@ def replot(results_json: Path, figures: Path) -> dict:
     return results
 
 
-def main(argv: list[str] | None = None) -> dict:
-    global SETUP
-    args = parse_args(argv)
-    if args.replot:
-        return replot(args.replot, args.figures)
+def prepare(args) -> tuple[Setup, int]:
+    """The domains, the base model and what the methods need of it (pilot layers, matched LoRA rank); the base
+    model's parameter count."""
     settings = args.settings
-    torch.set_num_threads(1)
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
-    started = time.perf_counter()
-
     tokenizer = AutoTokenizer.from_pretrained(stories.MODEL_DIR)
     shared = None if args.tiny else args.shared_data
     domains = load_domains(tokenizer, args.domains, settings.seq_len, settings.eval_windows, shared, not args.tiny)
@@ -611,9 +602,13 @@ def main(argv: list[str] | None = None) -> dict:
         f"mode {args.mode}: matched LoRA rank {rank}; pilot top-{args.top_n} layers "
         + ", ".join(f"{k}: {v['layers']}" for k, v in context.items())
     )
-    SETUP = Setup(base, {d.key: d for d in domains}, original, context, settings)
+    return Setup(base, {d.key: d for d in domains}, original, context, settings), base_params
 
-    jobs = plan_jobs(args, [d.key for d in domains])
+
+def run_seeds(args, domains: list[str]) -> tuple[list[Run], dict]:
+    """The first seed over the rate grids, then the other seeds at each method's selected rate."""
+    settings = args.settings
+    jobs = plan_jobs(args, domains)
     print(f"{len(jobs)} runs at seed {settings.seeds[0]} ({'rate sweep' if settings.sweep else 'one rate each'})...")
     runs = run_all(jobs, args.workers)
     chosen = select_lrs(runs, settings.seeds[0])
@@ -621,28 +616,32 @@ def main(argv: list[str] | None = None) -> dict:
     if more:
         print(f"{len(more)} runs at seeds {settings.seeds[1:]} at the selected rates...")
         runs += run_all(more, args.workers)
+    return runs, chosen
 
-    summary = summarise(runs, chosen, [d.key for d in domains], args.methods)
-    seconds = time.perf_counter() - started
+
+def print_tables(setup: Setup, summary: dict, runs: list[Run], base_params: int) -> list[str]:
+    """Each domain's table and the Pareto fronts, printed; the Markdown tables for table.md."""
     tables = []
-    for domain in domains:
+    for domain in setup.domains.values():
         header, rows = table_rows(domain, summary[domain.key], base_params)
-        caption = domain_caption(domain, summary[domain.key], original, settings)
+        caption = domain_caption(domain, summary[domain.key], setup.original, setup.settings)
         print(f"\n{caption}\n{text_table(header, rows)}")
         tables.append(f"**{caption}**\n\n{markdown_table(header, rows)}")
-    titles = {d.key: d.title for d in domains}
+    titles = {d.key: d.title for d in setup.domains.values()}
     print("\n" + describe_front(runs, titles) + "  [(new-domain loss, original-domain loss) at the end]")
     print("(* the selected rate is at the edge of the method's grid; 'not reached': some seed never got there)")
-    print(f"total {seconds / 60:.1f} min ({len(runs)} runs, {args.workers} worker(s))")
+    return tables
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    args.figures.mkdir(parents=True, exist_ok=True)
-    results = {
+
+def results_record(args, argv, setup: Setup, base_params: int, runs: list[Run], chosen: dict, summary: dict) -> dict:
+    """What results.json holds: the settings, the material, the selections, the summary and every run."""
+    domains = setup.domains.values()
+    return {
         "mode": args.mode,
         "command": "python -m benchmarks.forgetting " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "settings": asdict(settings),
+        "settings": asdict(setup.settings),
         "workers": args.workers,
-        "seconds": seconds,
+        "seconds": None,  # filled in by main, once everything ran
         "base_params": base_params,
         "domains": {
             d.key: {
@@ -653,16 +652,40 @@ def main(argv: list[str] | None = None) -> dict:
             }
             for d in domains
         },
-        "original_windows": list(original.shape),
+        "original_windows": list(setup.original.shape),
         "methods": {m: {"label": METHODS[m].label, "lrs": METHODS[m].lrs} for m in args.methods},
-        "context": context,
+        "context": setup.context,
         "selected_lr": {f"{d}/{m}": lr for (d, m), lr in chosen.items()},
         "summary": summary,
-        "pareto_front": {d: [[r.method, r.lr, r.seed] for r in front_runs(runs, d)] for d in titles},
+        "pareto_front": {d.key: [[r.method, r.lr, r.seed] for r in front_runs(runs, d.key)] for d in domains},
         "runs": [asdict(r) for r in runs],
     }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    global SETUP
+    args = parse_args(argv)
+    if args.replot:
+        return replot(args.replot, args.figures)
+    torch.set_num_threads(1)
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+    started = time.perf_counter()
+    SETUP, base_params = prepare(args)
+    runs, chosen = run_seeds(args, list(SETUP.domains))
+    summary = summarise(runs, chosen, list(SETUP.domains), args.methods)
+    seconds = time.perf_counter() - started
+    tables = print_tables(SETUP, summary, runs, base_params)
+    print(f"total {seconds / 60:.1f} min ({len(runs)} runs, {args.workers} worker(s))")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.figures.mkdir(parents=True, exist_ok=True)
+    results = results_record(args, argv, SETUP, base_params, runs, chosen, summary) | {"seconds": seconds}
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     (args.out / "table.md").write_text("\n\n".join(tables) + "\n", encoding="utf-8")
+    titles = {d.key: d.title for d in SETUP.domains.values()}
     plot_curves(args.figures / "forgetting_curves.png", runs, chosen, titles, args.methods)
     plot_pareto(args.figures / "forgetting_pareto.png", runs, titles, args.methods)
     print(f"wrote {args.out / 'results.json'}, {args.out / 'table.md'} and the figures in {args.figures}")

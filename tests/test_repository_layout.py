@@ -1,7 +1,7 @@
 """The benchmarks, the examples and the tests import one another as packages from the repository root (pytest's
 `pythonpath`; `python -m benchmarks.NAME` for a benchmark), never by editing `sys.path`; no benchmark imports an
-example, an example imports only peft_grow and libraries, and no benchmark reads a data folder outside the
-repository unless it is given one."""
+example, an example imports only peft_grow and libraries, no benchmark reads a data folder outside the
+repository unless it is given one, and no function in peft_grow/, benchmarks/ or examples/ is over 60 lines."""
 
 import ast
 import importlib
@@ -81,3 +81,18 @@ def test_no_benchmark_imports_an_example_and_examples_import_only_the_package_an
         if (names := imported_modules(path) & banned)
     }
     assert found == {}
+
+
+LONGEST_FUNCTION = 60  # lines, decorators aside
+
+
+def test_no_function_is_longer_than_a_screen():
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for folder in ("peft_grow", "benchmarks", "examples")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno - node.lineno + 1 > LONGEST_FUNCTION
+    ]
+    assert not found, f"functions over {LONGEST_FUNCTION} lines: {found}"
