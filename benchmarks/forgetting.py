@@ -47,32 +47,32 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import multiprocessing
 import os
 import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from examples import demo  # noqa: E402  (the demo's model, original domain, windowing and loss)
-from peft_grow import GrowConfig  # noqa: E402
 from peft_grow.analysis.selection import pilot_ranking, top_layers  # noqa: E402
+from peft_grow.io.loading import token_windows  # noqa: E402
+
+from . import stories  # noqa: E402  (the demo's model, original domain, data order and loss)
+from .methods import METHODS as SHARED  # noqa: E402
+from .methods import Method, lora_at, markdown_table, matched_lora_rank, pareto_front, text_table, trainable  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO_DATA = ROOT / "benchmarks" / "data"
-Curve = list[tuple[int, float, float]]  # (step, new-domain loss, original-domain loss)
+Curve = stories.Curve  # (step, new-domain loss, original-domain loss)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -88,15 +88,10 @@ class Domain:
     source: str  # the files it was read from
 
 
-def packed(tokenizer, documents: list[str]) -> torch.Tensor:
-    """One token stream, each document preceded by <s> (how llama2.c packed TinyStories)."""
-    return torch.tensor([t for ids in tokenizer(documents)["input_ids"] for t in [demo.BOS, *ids]])
-
-
 def spread_windows(ids: torch.Tensor, seq_len: int, n: int) -> torch.Tensor:
     """`n` windows evenly spaced over the stream (all of them if it holds fewer), so that the held-out set covers
     the whole split rather than its first pages."""
-    windows = demo.windows(ids, seq_len)
+    windows = token_windows(ids, seq_len)
     if len(windows) <= n:
         return windows
     return windows[torch.linspace(0, len(windows) - 1, n).round().long()]
@@ -130,21 +125,21 @@ def load_domains(
     domains = []
     for key in keys:
         if key == "shakespeare":
-            path = pick(shared, "text/tinyshakespeare.txt", demo.NEW_DOMAIN)
-            ids = packed(tokenizer, [path.read_text(encoding="utf-8")])
+            path = pick(shared, "text/tinyshakespeare.txt", stories.NEW_DOMAIN)
+            ids = stories.packed(tokenizer, [path.read_text(encoding="utf-8")])
             cut = int(len(ids) * 0.9)  # split by position, as the demo does
             train, heldout, source = ids[:cut], ids[cut:], f"{show(path)} (first 90% / last 10%)"
         elif key == "wikitext":
             train_path = pick(shared, "text/wikitext-2/valid.txt", REPO_DATA / "wikitext2_valid_head.txt")
             test_path = pick(shared, "text/wikitext-2/test.txt", REPO_DATA / "wikitext2_test_head.txt")
-            train = packed(tokenizer, [train_path.read_text(encoding="utf-8")])
-            heldout = packed(tokenizer, [test_path.read_text(encoding="utf-8")])
+            train = stories.packed(tokenizer, [train_path.read_text(encoding="utf-8")])
+            heldout = stories.packed(tokenizer, [test_path.read_text(encoding="utf-8")])
             source = f"{show(train_path)} / {show(test_path)}"
         elif key == "qasc":
             train_path = pick(shared, "tasks/qasc/train.json", REPO_DATA / "qasc_train_every32.json")
             dev_path = pick(shared, "tasks/qasc/dev.json", REPO_DATA / "qasc_dev_every6.json")
             records = [json.loads(p.read_text(encoding="utf-8")) for p in (train_path, dev_path)]
-            train, heldout = (packed(tokenizer, [qasc_document(r) for r in rs]) for rs in records)
+            train, heldout = (stories.packed(tokenizer, [qasc_document(r) for r in rs]) for rs in records)
             source = f"{show(train_path)} / {show(dev_path)}"
         else:
             raise ValueError(f"unknown domain {key!r}; choose from {DOMAINS}")
@@ -161,69 +156,24 @@ DOMAINS = {"shakespeare": "tiny Shakespeare", "wikitext": "WikiText-2", "qasc": 
 
 def original_domain(tokenizer, seq_len: int, eval_windows: int) -> torch.Tensor:
     """Held-out windows of the base model's own samples (examples/data/stories260K_samples.txt)."""
-    samples = demo.ORIGINAL_DOMAIN.read_text(encoding="utf-8").strip().split("\n\n")
-    return spread_windows(packed(tokenizer, samples), seq_len, eval_windows)
+    return spread_windows(stories.packed(tokenizer, stories.original_samples()), seq_len, eval_windows)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Methods: one table, each entry a learning-rate grid and a function that turns a copy of the base model into the
-# model to train (`ctx` holds what the benchmark computed first: the pilot's layers, the matched LoRA rank).
-
-
-@dataclass(frozen=True)
-class Method:
-    key: str
-    label: str
-    lrs: tuple[float, float, float]
-    build: Callable[[torch.nn.Module, dict], torch.nn.Module]
-
-
-def lora(rank: int) -> LoraConfig:
-    # alpha = 2r, a common default; the learning-rate sweep absorbs the rest of the scale
-    return LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear")
-
+# Methods: this benchmark's line-up from the shared table (benchmarks/methods.py), each with its learning-rate grid;
+# `ctx` holds what the benchmark computed first (the pilot's layers, the matched LoRA rank).
 
 GROWTH_LRS = (1e-3, 3e-3, 1e-2)
 METHODS = {
-    m.key: m
-    for m in [
-        Method("full", "full FT", (3e-4, 1e-3, 3e-3), lambda base, ctx: base),
-        Method("lora", "LoRA (matched)", (1e-3, 3e-3, 1e-2), lambda b, ctx: get_peft_model(b, lora(ctx["lora_rank"]))),
-        Method("lora-r4", "LoRA r=4", (3e-3, 1e-2, 3e-2), lambda b, ctx: get_peft_model(b, lora(4))),
-        Method("g-freeze", "G-Freeze all", GROWTH_LRS, lambda b, ctx: get_peft_model(b, GrowConfig(k=2))),
-        Method(
-            "g-freeze-top",
-            "G-Freeze top-N",
-            GROWTH_LRS,
-            lambda b, ctx: get_peft_model(b, GrowConfig(layers=ctx["layers"], k=2)),
-        ),
-        Method("g-train", "G-Train", GROWTH_LRS, lambda b, ctx: get_peft_model(b, GrowConfig(k=2, mode="train"))),
-        Method(
-            "g-train-noise",
-            "G-Train + noise",
-            GROWTH_LRS,
-            lambda b, ctx: get_peft_model(b, GrowConfig(k=2, mode="train", symmetry_noise=0.5)),
-        ),
-        Method(
-            "zero-init",
-            "zero-init growth",
-            GROWTH_LRS,
-            lambda b, ctx: get_peft_model(b, GrowConfig(k=2, mode="freeze", init="zero")),
-        ),
-    ]
+    "full": replace(SHARED["full"], lrs=(3e-4, 1e-3, 3e-3)),
+    "lora": replace(SHARED["lora-matched"], lrs=(1e-3, 3e-3, 1e-2)),
+    "lora-r4": Method("LoRA r=4", lora_at(4), (3e-3, 1e-2, 3e-2)),
+    "g-freeze": replace(SHARED["g-freeze"], lrs=GROWTH_LRS),
+    "g-freeze-top": replace(SHARED["g-freeze-top"], label="G-Freeze top-N", lrs=GROWTH_LRS),
+    "g-train": replace(SHARED["g-train"], label="G-Train", lrs=GROWTH_LRS),
+    "g-train-noise": replace(SHARED["g-train-noise"], lrs=GROWTH_LRS),
+    "zero-init": replace(SHARED["zero-init"], lrs=GROWTH_LRS),
 }
-
-
-def trainable_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def matched_lora_rank(base: torch.nn.Module) -> int:
-    """The LoRA rank whose trainable-parameter count is closest to G-Freeze on every layer (LoRA's count is linear
-    in the rank)."""
-    target = trainable_params(METHODS["g-freeze"].build(copy.deepcopy(base), {}))
-    per_rank = trainable_params(get_peft_model(copy.deepcopy(base), lora(1)))
-    return max(1, round(target / per_rank))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -276,17 +226,8 @@ class Setup:
 SETUP: Setup | None = None
 
 
-def batches(train: torch.Tensor, settings: Settings, seed: int):
-    """Random training windows; the same sequence for every method at a given seed."""
-    order = torch.Generator().manual_seed(seed)
-    while True:
-        starts = torch.randint(0, len(train) - settings.seq_len, (settings.batch,), generator=order).tolist()
-        batch = torch.stack([train[s : s + settings.seq_len] for s in starts])
-        yield {"input_ids": batch, "labels": batch}
-
-
 def evaluate(model, domain: Domain, original: torch.Tensor) -> tuple[float, float]:
-    return demo.mean_token_loss(model, domain.heldout), demo.mean_token_loss(model, original)
+    return stories.mean_token_loss(model, domain.heldout), stories.mean_token_loss(model, original)
 
 
 def train_run(job: Job) -> Run:
@@ -295,28 +236,27 @@ def train_run(job: Job) -> Run:
     domain = setup.domains[job.domain]
     torch.manual_seed(job.seed)  # LoRA's and zero-init's random weights, the symmetry noise
     model = METHODS[job.method].build(copy.deepcopy(setup.base), setup.context[job.domain])
-    params = [p for p in model.parameters() if p.requires_grad]
     run = Run(
         job.domain,
         job.method,
         job.lr,
         job.seed,
-        trainable_params(model),
+        trainable(model),
         sum(p.numel() for p in model.parameters()),
         0.0,
     )
-    optimizer = torch.optim.AdamW(params, lr=job.lr, weight_decay=0.0)
     start = time.perf_counter()
-    run.curve.append((0, *evaluate(model, domain, setup.original)))
-    model.train()
-    data = batches(domain.train, settings, job.seed)
-    for step in range(1, settings.steps + 1):
-        model(**next(data)).loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % settings.eval_every == 0 or step == settings.steps:
-            run.curve.append((step, *evaluate(model, domain, setup.original)))
+    run.curve = stories.train(
+        model,
+        domain.train,
+        lambda trained: evaluate(trained, domain, setup.original),
+        lr=job.lr,
+        steps=settings.steps,
+        batch=settings.batch,
+        seq_len=settings.seq_len,
+        eval_every=settings.eval_every,
+        seed=job.seed,
+    )
     run.seconds = time.perf_counter() - start
     return run
 
@@ -343,10 +283,9 @@ def log(run: Run) -> Run:
 def pilot_layers(base, domain: Domain, settings: Settings, n: int) -> list[int]:
     """The paper's heuristic: a short full fine-tune on the new domain, layers ranked by their MLP update norm."""
     model = copy.deepcopy(base)
-    data = batches(domain.train, settings, seed=0)
-    scores = pilot_ranking(
-        model, (next(data) for _ in range(settings.pilot_steps)), steps=settings.pilot_steps, lr=1e-3
-    )
+    data = stories.random_windows(domain.train, settings.batch, settings.seq_len, seed=0)
+    pilot = ({"input_ids": b, "labels": b} for b in (next(data) for _ in range(settings.pilot_steps)))
+    scores = pilot_ranking(model, pilot, steps=settings.pilot_steps, lr=1e-3)
     return top_layers(scores, n)
 
 
@@ -475,21 +414,6 @@ def domain_caption(domain: Domain, summary: dict, original: torch.Tensor, settin
     )
 
 
-def text_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    return "\n".join([line(header), "-" * len(line(header)), *map(line, rows)])
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join(["| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *rows]])
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Figures
 
@@ -540,16 +464,6 @@ def plot_curves(path: Path, runs: list[Run], chosen: dict, titles: dict[str, str
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The points no other point beats on both losses, sorted by new-domain loss."""
-    front, best_original = [], math.inf
-    for new, original in sorted(points):
-        if original < best_original:
-            front.append((new, original))
-            best_original = original
-    return front
 
 
 def front_runs(runs: list[Run], domain: str) -> list[Run]:
@@ -672,24 +586,15 @@ def replot(results_json: Path, figures: Path) -> dict:
     return results
 
 
-def main(argv: list[str] | None = None) -> dict:
-    global SETUP
-    args = parse_args(argv)
-    if args.replot:
-        return replot(args.replot, args.figures)
+def prepare(args) -> tuple[Setup, int]:
+    """The domains, the base model and what the methods need of it (pilot layers, matched LoRA rank); the base
+    model's parameter count."""
     settings = args.settings
-    torch.set_num_threads(1)
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
-    started = time.perf_counter()
-
-    tokenizer = AutoTokenizer.from_pretrained(demo.MODEL_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(stories.MODEL_DIR)
     shared = None if args.tiny else args.shared_data
     domains = load_domains(tokenizer, args.domains, settings.seq_len, settings.eval_windows, shared, not args.tiny)
     original = original_domain(tokenizer, settings.seq_len, settings.eval_windows)
-    base = demo.load_base()
+    base = stories.load_base()
     base_params = sum(p.numel() for p in base.parameters())
     rank = matched_lora_rank(base) if "lora" in args.methods else None
     context = {d.key: {"layers": pilot_layers(base, d, settings, args.top_n), "lora_rank": rank} for d in domains}
@@ -697,9 +602,13 @@ def main(argv: list[str] | None = None) -> dict:
         f"mode {args.mode}: matched LoRA rank {rank}; pilot top-{args.top_n} layers "
         + ", ".join(f"{k}: {v['layers']}" for k, v in context.items())
     )
-    SETUP = Setup(base, {d.key: d for d in domains}, original, context, settings)
+    return Setup(base, {d.key: d for d in domains}, original, context, settings), base_params
 
-    jobs = plan_jobs(args, [d.key for d in domains])
+
+def run_seeds(args, domains: list[str]) -> tuple[list[Run], dict]:
+    """The first seed over the rate grids, then the other seeds at each method's selected rate."""
+    settings = args.settings
+    jobs = plan_jobs(args, domains)
     print(f"{len(jobs)} runs at seed {settings.seeds[0]} ({'rate sweep' if settings.sweep else 'one rate each'})...")
     runs = run_all(jobs, args.workers)
     chosen = select_lrs(runs, settings.seeds[0])
@@ -707,28 +616,32 @@ def main(argv: list[str] | None = None) -> dict:
     if more:
         print(f"{len(more)} runs at seeds {settings.seeds[1:]} at the selected rates...")
         runs += run_all(more, args.workers)
+    return runs, chosen
 
-    summary = summarise(runs, chosen, [d.key for d in domains], args.methods)
-    seconds = time.perf_counter() - started
+
+def print_tables(setup: Setup, summary: dict, runs: list[Run], base_params: int) -> list[str]:
+    """Each domain's table and the Pareto fronts, printed; the Markdown tables for table.md."""
     tables = []
-    for domain in domains:
+    for domain in setup.domains.values():
         header, rows = table_rows(domain, summary[domain.key], base_params)
-        caption = domain_caption(domain, summary[domain.key], original, settings)
+        caption = domain_caption(domain, summary[domain.key], setup.original, setup.settings)
         print(f"\n{caption}\n{text_table(header, rows)}")
         tables.append(f"**{caption}**\n\n{markdown_table(header, rows)}")
-    titles = {d.key: d.title for d in domains}
+    titles = {d.key: d.title for d in setup.domains.values()}
     print("\n" + describe_front(runs, titles) + "  [(new-domain loss, original-domain loss) at the end]")
     print("(* the selected rate is at the edge of the method's grid; 'not reached': some seed never got there)")
-    print(f"total {seconds / 60:.1f} min ({len(runs)} runs, {args.workers} worker(s))")
+    return tables
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    args.figures.mkdir(parents=True, exist_ok=True)
-    results = {
+
+def results_record(args, argv, setup: Setup, base_params: int, runs: list[Run], chosen: dict, summary: dict) -> dict:
+    """What results.json holds: the settings, the material, the selections, the summary and every run."""
+    domains = setup.domains.values()
+    return {
         "mode": args.mode,
         "command": "python -m benchmarks.forgetting " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "settings": asdict(settings),
+        "settings": asdict(setup.settings),
         "workers": args.workers,
-        "seconds": seconds,
+        "seconds": None,  # filled in by main, once everything ran
         "base_params": base_params,
         "domains": {
             d.key: {
@@ -739,16 +652,40 @@ def main(argv: list[str] | None = None) -> dict:
             }
             for d in domains
         },
-        "original_windows": list(original.shape),
+        "original_windows": list(setup.original.shape),
         "methods": {m: {"label": METHODS[m].label, "lrs": METHODS[m].lrs} for m in args.methods},
-        "context": context,
+        "context": setup.context,
         "selected_lr": {f"{d}/{m}": lr for (d, m), lr in chosen.items()},
         "summary": summary,
-        "pareto_front": {d: [[r.method, r.lr, r.seed] for r in front_runs(runs, d)] for d in titles},
+        "pareto_front": {d.key: [[r.method, r.lr, r.seed] for r in front_runs(runs, d.key)] for d in domains},
         "runs": [asdict(r) for r in runs],
     }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    global SETUP
+    args = parse_args(argv)
+    if args.replot:
+        return replot(args.replot, args.figures)
+    torch.set_num_threads(1)
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+    started = time.perf_counter()
+    SETUP, base_params = prepare(args)
+    runs, chosen = run_seeds(args, list(SETUP.domains))
+    summary = summarise(runs, chosen, list(SETUP.domains), args.methods)
+    seconds = time.perf_counter() - started
+    tables = print_tables(SETUP, summary, runs, base_params)
+    print(f"total {seconds / 60:.1f} min ({len(runs)} runs, {args.workers} worker(s))")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.figures.mkdir(parents=True, exist_ok=True)
+    results = results_record(args, argv, SETUP, base_params, runs, chosen, summary) | {"seconds": seconds}
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     (args.out / "table.md").write_text("\n\n".join(tables) + "\n", encoding="utf-8")
+    titles = {d.key: d.title for d in SETUP.domains.values()}
     plot_curves(args.figures / "forgetting_curves.png", runs, chosen, titles, args.methods)
     plot_pareto(args.figures / "forgetting_pareto.png", runs, titles, args.methods)
     print(f"wrote {args.out / 'results.json'}, {args.out / 'table.md'} and the figures in {args.figures}")

@@ -29,19 +29,15 @@ from pathlib import Path
 
 import torch
 from peft import get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from peft_grow import GrowConfig
-from peft_grow.io.loading import token_windows
 from peft_grow.training import RetentionGuard, self_generated_windows
 
+from . import stories
 from .guarded import wikitext_windows
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "examples" / "data"
-MODEL = DATA / "stories260K"
-BOS = 1
 WEIGHTS = (0.0, 0.3, 1.0, 3.0, 10.0)
 
 
@@ -55,48 +51,27 @@ class Result:
     seconds: float = 0.0
 
 
-def mean_loss(model, windows: torch.Tensor) -> float:
-    model.eval()
-    with torch.no_grad():
-        total = sum(model(input_ids=b, labels=b).loss.item() * len(b) for b in windows.split(64))
-    model.train()
-    return total / len(windows)
-
-
-def domains(tokenizer, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(the Shakespeare training stream, held-out Shakespeare windows, original-domain windows), as the demo
-    cuts them."""
-    ids = torch.tensor([BOS] + tokenizer((DATA / "tinyshakespeare.txt").read_text(encoding="utf-8"))["input_ids"])
-    cut = int(len(ids) * 0.9)
-    samples = (DATA / "stories260K_samples.txt").read_text(encoding="utf-8").strip().split("\n\n")
-    original = torch.tensor([t for s in samples for t in [BOS] + tokenizer(s)["input_ids"]])
-    return ids[:cut], token_windows(ids[cut:], seq_len), token_windows(original, seq_len)
-
-
 def guard_text(source: str, base, tokenizer, length: int) -> torch.Tensor:
     if source == "self":
         return self_generated_windows(base, tokenizer, count=256, length=length, seed=1234)
     return wikitext_windows(tokenizer, length)
 
 
-def train(result: Result, model, guard: RetentionGuard, data: tuple, args) -> Result:
-    stream, new, original = data
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=result.lr, weight_decay=0.0)
-    order = torch.Generator().manual_seed(0)
+def train(result: Result, model, guard: RetentionGuard, data: stories.Data, args) -> Result:
+    """The demo's training loop and data order (seed 0), the guard's term added to every step."""
     start = time.perf_counter()
-    result.curve.append((0, mean_loss(model, new), mean_loss(model, original)))
-    model.train()
-    for step in range(1, args.steps + 1):
-        starts = torch.randint(0, len(stream) - args.seq_len, (args.batch,), generator=order).tolist()
-        batch = torch.stack([stream[s : s + args.seq_len] for s in starts])
-        penalty, _ = guard.penalty(model, step - 1)
-        (model(input_ids=batch, labels=batch).loss + penalty).backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % args.eval_every == 0 or step == args.steps:
-            result.curve.append((step, mean_loss(model, new), mean_loss(model, original)))
+    result.curve = stories.train(
+        model,
+        data.train,
+        lambda trained: stories.evaluate(trained, data),
+        lr=result.lr,
+        steps=args.steps,
+        batch=args.batch,
+        seq_len=args.seq_len,
+        eval_every=args.eval_every,
+        seed=0,
+        penalty=lambda trained, index: guard.penalty(trained, index)[0],
+    )
     result.seconds = time.perf_counter() - start
     return result
 
@@ -146,9 +121,9 @@ def main(argv: list[str] | None = None) -> str:
         args.steps, args.eval_every, args.weights, args.sources = 4, 2, [0.0, 1.0], ["self"]
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning)
-    tokenizer = AutoTokenizer.from_pretrained(MODEL)
-    base = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32)
-    data = domains(tokenizer, args.seq_len)
+    tokenizer = AutoTokenizer.from_pretrained(stories.MODEL_DIR)
+    base = stories.load_base()
+    data = stories.load_data(tokenizer, args.seq_len)
     texts = {source: guard_text(source, base, tokenizer, args.seq_len) for source in args.sources}
     results = []
     for method in args.methods:

@@ -11,8 +11,10 @@ import torch
 from transformers import AutoTokenizer
 from transformers.utils import logging
 
-from examples import demo  # the demo's data loading: same model, same split
 from peft_grow.analysis.selection import gradient_ranking, pilot_ranking, rank_agreement
+from peft_grow.io.loading import token_windows
+
+from . import stories  # the demo's data loading: same model, same split
 
 
 def main() -> None:
@@ -25,8 +27,8 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.set_verbosity_error()
-    data = demo.load_data(AutoTokenizer.from_pretrained(demo.MODEL_DIR), seq_len=128)
-    train = demo.windows(data.train, 128)
+    data = stories.load_data(AutoTokenizer.from_pretrained(stories.MODEL_DIR), seq_len=128)
+    train = token_windows(data.train, 128)
     print(
         f"stories260K on tiny Shakespeare: pilot {args.pilot_steps} AdamW steps (lr {args.lr}, batch 16) against "
         f"gradients over {args.gradient_batches} batches; top {args.top} of 5 layers\n"
@@ -40,7 +42,7 @@ def main() -> None:
             {"input_ids": train[order[i * 16 : (i + 1) * 16]], "labels": train[order[i * 16 : (i + 1) * 16]]}
             for i in range(max(args.pilot_steps, args.gradient_batches))
         ]
-        model = demo.load_base()
+        model = stories.load_base()
         torch.manual_seed(seed)
         pilot = pilot_ranking(model, batches[: args.pilot_steps], steps=args.pilot_steps, lr=args.lr)
         show = lambda scores: ", ".join(str(i) for _, i in scores.ranked())  # noqa: E731

@@ -30,19 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .methods import METHODS, markdown_table, pareto_front
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "real_models"
 PAPER_LR = 1e-3
-LABELS = {
-    "full": "full FT",
-    "lora-r16": "LoRA r=16",
-    "lora-matched": "LoRA (matched)",
-    "g-freeze": "G-Freeze all",
-    "g-freeze-top": "G-Freeze top third",
-    "g-train": "G-Train all",
-    "g-train-noise": "G-Train + noise",
-    "zero-init": "zero-init growth",
-}
+LABELS = {key: method.label for key, method in METHODS.items()}
 
 
 def label(method: str) -> str:
@@ -169,13 +162,7 @@ def ratio(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]
 
 def pareto(runs: list[Run], tasks: list[str]) -> list[Run]:
     """Runs no other run beats on both final score and final retention, by score."""
-    ends = sorted(runs, key=lambda r: (-r.final.score, -r.final.retention(tasks)))
-    front, best = [], -math.inf
-    for run in ends:
-        if run.final.retention(tasks) > best:
-            front.append(run)
-            best = run.final.retention(tasks)
-    return front
+    return pareto_front(runs, key=lambda r: (-r.final.score, -r.final.retention(tasks)))
 
 
 def fmt(value: tuple[float, float] | None, scale: float = 100.0, signed: bool = False) -> str:
@@ -183,10 +170,6 @@ def fmt(value: tuple[float, float] | None, scale: float = 100.0, signed: bool = 
         return "n/a"
     mean, se = value
     return (f"{mean * scale:+.1f}" if signed else f"{mean * scale:.1f}") + f" ± {se * scale:.1f}"
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join("| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *rows])
 
 
 def equal_score_header(lr_column: str, unit: str) -> list[str]:
@@ -291,108 +274,129 @@ def around(run: Run, level: float, base: Point, tasks: list[str]) -> str:
     )
 
 
+@dataclass
+class Reading:
+    """How one folder's runs are read: against the base model, on these retention tasks, in the task's unit."""
+
+    base: Point
+    tasks: list[str]
+    scale: float  # 100 for exact match (shown in %), 1 for BLEU
+    unit: str
+    metric: str
+
+    def score_se(self, p: Point) -> tuple[float, float]:
+        return (p.score, 0.0 if self.metric == "bleu" else binomial_se(p.score, p.n))
+
+
 def report(folder: Path, tasks: list[str], metric: str, unfinished: bool = False) -> tuple[str, dict]:
     runs = [r for r in load_runs(folder) if r.status == "done" or unfinished]
     if not runs:
         return f"(no finished runs in {folder})", {}
     base = runs[0].curve[0]
-    scale = 1.0 if metric == "bleu" else 100.0
-    unit = "BLEU" if metric == "bleu" else "EM %"
-    base_ret = base.retention(tasks)
+    reading = Reading(base, tasks, 1.0 if metric == "bleu" else 100.0, "BLEU" if metric == "bleu" else "EM %", metric)
     lines = [
-        f"Base model: new task {base.score * scale:.1f} {unit} (n={base.n}), retention {base_ret * 100:.1f}% "
-        f"(mean accuracy over {', '.join(tasks)}; "
+        f"Base model: new task {base.score * reading.scale:.1f} {reading.unit} (n={base.n}), retention "
+        f"{base.retention(tasks) * 100:.1f}% (mean accuracy over {', '.join(tasks)}; "
         + ", ".join(f"{t} {sum(base.outcomes[t]) / len(base.outcomes[t]) * 100:.1f}" for t in tasks)
         + f"). {len(runs)} runs ({sum(r.status != 'done' for r in runs)} stopped before the end, compared at their "
         f"last evaluation); {runs[0].where.get('gpu', runs[0].where.get('device'))}, "
         f"{runs[0].where.get('dtype')}.",
         "",
     ]
+    lines += paper_protocol(runs, reading)
+    # the fair reading: each method at its best rate; then every method at full fine-tuning's best rate
+    best: dict[str, Run] = {}
+    for r in runs:
+        if r.seed == 0 and (r.method not in best or r.final.score > best[r.method].final.score):
+            best[r.method] = r
+    summary = {"base_score": base.score, "base_retention": base.retention(tasks), "methods": {}}
+    if "full" in best:
+        lines += fair_reading(runs, best, reading, summary)
+    front = pareto(runs, tasks)
+    lines.append(
+        "Pareto front (final new-task score, final retention %): "
+        + "; ".join(
+            f"{label(r.method)} lr {r.lr:.0e} s{r.seed} "
+            f"({r.final.score * reading.scale:.1f}, {r.final.retention(tasks) * 100:.1f})"
+            for r in front
+        )
+    )
+    summary["pareto"] = [[r.method, r.lr, r.seed] for r in front]
+    plot(folder, runs, best, tasks, reading.scale, reading.unit)
+    return "\n".join(lines), summary
 
-    def score_se(p: Point) -> tuple[float, float]:
-        return (p.score, 0.0 if metric == "bleu" else binomial_se(p.score, p.n))
 
-    # the paper's protocol
+def paper_protocol(runs: list[Run], reading: Reading) -> list[str]:
+    """Every method at the paper's rate, seed 0: trainable share, final score and retention, their change."""
+    base, tasks, scale, unit = reading.base, reading.tasks, reading.scale, reading.unit
     paper = sorted((r for r in runs if r.lr == PAPER_LR and r.seed == 0), key=lambda r: order(r.method))
     rows = [
         [
             label(r.method),
             f"{r.trainable:,} ({r.trainable / runs[0].total:.0%})" if r.method != "full" else f"{r.trainable:,} (100%)",
-            fmt(score_se(r.final), scale),
+            fmt(reading.score_se(r.final), scale),
             f"{r.final.retention(tasks) * 100:.1f}",
             fmt(change(r.final, base, tasks), signed=True),
             f"{r.seconds / 60:.1f}",
         ]
         for r in paper
     ]
-    lines += [
+    header = ["method", "trainable", f"new task ({unit})", "retention %", "retention change (points)", "minutes"]
+    return [
         f"**The paper's protocol** (every method at lr {PAPER_LR:g}, same steps):",
         "",
-        table(
-            ["method", "trainable", f"new task ({unit})", "retention %", "retention change (points)", "minutes"], rows
-        ),
+        markdown_table(header, rows),
         "",
     ]
 
-    # the fair reading: each method at its best rate; then every method at full fine-tuning's best rate
-    best: dict[str, Run] = {}
-    for r in runs:
-        if r.seed == 0 and (r.method not in best or r.final.score > best[r.method].final.score):
-            best[r.method] = r
-    summary = {"base_score": base.score, "base_retention": base_ret, "methods": {}}
-    if "full" in best:
-        rows, level, full_drop, summary["methods"] = equal_score(best, base, tasks, score_se, scale)
-        summary |= {"level": level, "full_drop_at_level": full_drop}
+
+def fair_reading(runs: list[Run], best: dict[str, Run], reading: Reading, summary: dict) -> list[str]:
+    """Each method at its best rate, at equal score: the lowest final score among them, 90% of full fine-tuning's,
+    over seeds, and every method at full fine-tuning's best rate; `summary` takes the numbers."""
+    base, tasks, scale, unit, score_se = reading.base, reading.tasks, reading.scale, reading.unit, reading.score_se
+    rows, level, full_drop, summary["methods"] = equal_score(best, base, tasks, score_se, scale)
+    summary |= {"level": level, "full_drop_at_level": full_drop}
+    lines = [
+        f"**Fair reading** (each method at its best rate; compared where each first reaches the new-task score "
+        f"{level * scale:.1f} {unit}, the lowest final score among them):",
+        "",
+        markdown_table(equal_score_header("best lr", unit), rows),
+        "",
+    ]
+    level = 0.9 * best["full"].final.score
+    rows, _, _, summary["at_90_percent"] = equal_score(best, base, tasks, score_se, scale, level)
+    lines += [
+        f"**At 90% of tuned full fine-tuning's final score** (each method at its best rate; compared where each "
+        f"first reaches {level * scale:.1f} {unit}, 90% of full fine-tuning's "
+        f"{best['full'].final.score * scale:.1f}; the level where a score means the task is learnt, not only "
+        "its answer format):",
+        "",
+        markdown_table(equal_score_header("best lr", unit), rows),
+        "",
+    ]
+    rows, summary["over_seeds"] = over_seeds(runs, best, base, tasks, scale)
+    if rows:
         lines += [
-            f"**Fair reading** (each method at its best rate; compared where each first reaches the new-task score "
-            f"{level * scale:.1f} {unit}, the lowest final score among them):",
+            f"**Over seeds** (each method at its best rate; where each seed's run first reaches "
+            f"{summary['over_seeds']['level'] * scale:.1f} {unit}, 90% of full fine-tuning's mean final score; "
+            "mean ± standard error over seeds, each share against full fine-tuning's drop of the same seed):",
             "",
-            table(equal_score_header("best lr", unit), rows),
+            markdown_table(
+                ["method", "lr", "seeds", f"new task, end ({unit})", "retention change at level", "share"], rows
+            ),
             "",
         ]
-        level = 0.9 * best["full"].final.score
-        rows, _, _, summary["at_90_percent"] = equal_score(best, base, tasks, score_se, scale, level)
+    same_rate = {r.method: r for r in runs if r.seed == 0 and r.lr == best["full"].lr}
+    if len(same_rate) > 1 and same_rate != best:
+        rows, level, _, summary["same_rate"] = equal_score(same_rate, base, tasks, score_se, scale)
         lines += [
-            f"**At 90% of tuned full fine-tuning's final score** (each method at its best rate; compared where each "
-            f"first reaches {level * scale:.1f} {unit}, 90% of full fine-tuning's "
-            f"{best['full'].final.score * scale:.1f}; the level where a score means the task is learnt, not only "
-            "its answer format):",
+            f"**At full fine-tuning's best rate** ({best['full'].lr:.0e} for every method run at it; compared "
+            f"where each first reaches {level * scale:.1f} {unit}, the lowest final score among them):",
             "",
-            table(equal_score_header("best lr", unit), rows),
+            markdown_table(equal_score_header("lr", unit), rows),
             "",
         ]
-        rows, summary["over_seeds"] = over_seeds(runs, best, base, tasks, scale)
-        if rows:
-            lines += [
-                f"**Over seeds** (each method at its best rate; where each seed's run first reaches "
-                f"{summary['over_seeds']['level'] * scale:.1f} {unit}, 90% of full fine-tuning's mean final score; "
-                "mean ± standard error over seeds, each share against full fine-tuning's drop of the same seed):",
-                "",
-                table(["method", "lr", "seeds", f"new task, end ({unit})", "retention change at level", "share"], rows),
-                "",
-            ]
-        same_rate = {r.method: r for r in runs if r.seed == 0 and r.lr == best["full"].lr}
-        if len(same_rate) > 1 and same_rate != best:
-            rows, level, _, summary["same_rate"] = equal_score(same_rate, base, tasks, score_se, scale)
-            lines += [
-                f"**At full fine-tuning's best rate** ({best['full'].lr:.0e} for every method run at it; compared "
-                f"where each first reaches {level * scale:.1f} {unit}, the lowest final score among them):",
-                "",
-                table(equal_score_header("lr", unit), rows),
-                "",
-            ]
-    front = pareto(runs, tasks)
-    lines.append(
-        "Pareto front (final new-task score, final retention %): "
-        + "; ".join(
-            f"{label(r.method)} lr {r.lr:.0e} s{r.seed} "
-            f"({r.final.score * scale:.1f}, {r.final.retention(tasks) * 100:.1f})"
-            for r in front
-        )
-    )
-    summary["pareto"] = [[r.method, r.lr, r.seed] for r in front]
-    plot(folder, runs, best, tasks, scale, unit)
-    return "\n".join(lines), summary
+    return lines
 
 
 def plot(folder: Path, runs: list[Run], best: dict[str, Run], tasks: list[str], scale: float, unit: str) -> None:

@@ -27,7 +27,6 @@ import os
 import sys
 import time
 import warnings
-from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -35,9 +34,11 @@ import torch  # noqa: E402
 from peft import get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from examples.demo import MODEL_DIR, Run, load_data, train  # noqa: E402  (the demo's data and training loop)
 from peft_grow import GrowConfig  # noqa: E402
 from peft_grow import evaluation as ev  # noqa: E402
+
+from . import stories  # noqa: E402  (the demo's data and training loop)
+from .stories import MODEL_DIR  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,13 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     grown = get_peft_model(model, GrowConfig(k=2, mode="freeze"))
     measure("fresh", grown)
     # the demo's windows: its load_data puts <s> before each text itself, so its tokenizer must not add one
-    data = load_data(AutoTokenizer.from_pretrained(MODEL_DIR), seq_len=128)
+    data = stories.load_data(AutoTokenizer.from_pretrained(MODEL_DIR), seq_len=128)
     losses = {"fresh": _losses(grown, tokenizer, data)}
     if args.train_steps:
-        settings = SimpleNamespace(
-            steps=args.train_steps, eval_every=args.train_steps, seed=args.seed, seq_len=128, batch=16
-        )
-        train(Run("G-Freeze", args.lr), grown, data, settings)
+        train(grown, data, args)
         measure("trained", grown)
         losses["trained"] = _losses(grown, tokenizer, data)
 
@@ -111,6 +109,23 @@ def main(argv: list[str] | None = None) -> int:
     identical = columns["fresh"] == columns["base"]
     print(f"\nfresh adapter scores identical to the base model's: {'yes' if identical else 'NO'}")
     return 0 if identical else 1
+
+
+def train(grown, data: stories.Data, args) -> None:
+    """The demo's G-Freeze run: its seed, batch of 16 windows of 128 tokens, and evaluations at the ends."""
+    torch.manual_seed(args.seed)
+    stories.train(
+        grown,
+        data.train,
+        lambda trained: stories.evaluate(trained, data),
+        lr=args.lr,
+        steps=args.train_steps,
+        batch=16,
+        seq_len=128,
+        eval_every=args.train_steps,
+        seed=args.seed,
+        progress=f"{'G-Freeze':>17}",
+    )
 
 
 def _losses(grown, tokenizer, data) -> tuple[tuple[float, float], tuple[float, float]]:

@@ -12,8 +12,10 @@ import torch
 from transformers import AutoTokenizer
 from transformers.utils import logging
 
-from examples import demo  # the demo's data loading: same model, same split
 from peft_grow.analysis import UpdateRankRecorder
+from peft_grow.io.loading import token_windows
+
+from . import stories  # the demo's data loading: same model, same split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,8 +30,9 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.set_verbosity_error()
     torch.manual_seed(0)
-    train = demo.windows(demo.load_data(AutoTokenizer.from_pretrained(demo.MODEL_DIR), seq_len=128).train, 128)
-    model = demo.load_base().train()
+    data = stories.load_data(AutoTokenizer.from_pretrained(stories.MODEL_DIR), seq_len=128)
+    train = token_windows(data.train, 128)
+    model = stories.load_base().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     recorder = UpdateRankRecorder()
     recorder.record(model, 0)

@@ -46,7 +46,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 import peft_grow  # noqa: E402, F401  (importing it registers the GROW method with PEFT)
 from peft_grow import GrowConfig  # noqa: E402
-from peft_grow.io.loading import token_windows as windows  # noqa: E402  (benchmarks/ use demo.windows too)
+from peft_grow.io.loading import token_windows  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 MODEL_DIR = DATA / "stories260K"
@@ -85,8 +85,8 @@ def load_data(tokenizer, seq_len: int, heldout_share: float = 0.1) -> Data:
     original = torch.tensor([t for s in samples for t in [BOS] + tokenizer(s)["input_ids"]])
     return Data(
         train=ids[:cut],
-        new_heldout=windows(ids[cut:], seq_len),
-        original=windows(original, seq_len),
+        new_heldout=token_windows(ids[cut:], seq_len),
+        original=token_windows(original, seq_len),
         samples=len(samples),
     )
 

@@ -78,7 +78,7 @@ def load_training_data(args) -> Dataset:
     return data
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="Hub id or local folder of the base model")
     parser.add_argument("--dataset", help="Hub id or local .json/.jsonl/.csv/.parquet file")
@@ -110,7 +110,11 @@ def main(argv: list[str] | None = None) -> dict:
         args.steps, args.batch, args.max_length, args.lr = 5, 4, 64, 1e-3
     elif not (args.model and args.dataset):
         parser.error("--model and --dataset are required (or --smoke)")
+    return args
 
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if args.bf16 else torch.float32)
     reference = args.reference.read_text() if args.reference else None

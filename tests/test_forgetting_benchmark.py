@@ -11,7 +11,7 @@ import pytest
 import torch
 from peft import get_peft_model
 
-from benchmarks import forgetting
+from benchmarks import forgetting, methods, stories
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_without_shared_data_the_full_modes_read_the_repository_material(capsys)
     """No data folder outside the repository by default: without --shared-data the slices in benchmarks/data and
     the demo's Shakespeare are read, and each domain says so."""
     assert forgetting.parse_args(["--quick"]).shared_data is None
-    tokenizer = forgetting.AutoTokenizer.from_pretrained(forgetting.demo.MODEL_DIR)
+    tokenizer = forgetting.AutoTokenizer.from_pretrained(stories.MODEL_DIR)
     domains = forgetting.load_domains(tokenizer, ["qasc"], 32, 2, shared=None, announce=True)
     assert domains[0].source.startswith("benchmarks/data/qasc_train_every32.json")
     assert "notice: qasc: no --shared-data" in capsys.readouterr().out
@@ -87,7 +87,7 @@ def test_without_shared_data_the_full_modes_read_the_repository_material(capsys)
 
 def test_pareto_front_and_mean_std():
     points = [(3.0, 2.0), (2.0, 3.0), (2.5, 2.5), (3.0, 2.6), (4.0, 1.0), (2.1, 3.5)]
-    assert forgetting.pareto_front(points) == [(2.0, 3.0), (2.5, 2.5), (3.0, 2.0), (4.0, 1.0)]
+    assert methods.pareto_front(points) == [(2.0, 3.0), (2.5, 2.5), (3.0, 2.0), (4.0, 1.0)]
     assert forgetting.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
     assert forgetting.mean_std([1.0]) == (1.0, None)
     assert forgetting.mean_std([1.0, None]) is None
@@ -111,7 +111,7 @@ def test_summary_follows_from_the_runs(tiny):
 
 def test_trainable_parameter_counts_match_the_models(tiny):
     results, _, _ = tiny
-    base = forgetting.demo.load_base()
+    base = stories.load_base()
     base_params = sum(p.numel() for p in base.parameters())
     assert results["base_params"] == base_params
     h, p, layers = base.config.hidden_size, base.config.intermediate_size, base.config.num_hidden_layers
@@ -120,7 +120,7 @@ def test_trainable_parameter_counts_match_the_models(tiny):
     for run in results["runs"]:
         torch.manual_seed(0)
         model = forgetting.METHODS[run["method"]].build(copy.deepcopy(base), results["context"][run["domain"]])
-        assert run["trainable"] == forgetting.trainable_params(model), run["method"]
+        assert run["trainable"] == methods.trainable(model), run["method"]
         counted[run["method"]] = run["trainable"]
         if run["method"] == "g-freeze":
             summary = model.base_model.growth_summary()
@@ -129,7 +129,7 @@ def test_trainable_parameter_counts_match_the_models(tiny):
     assert counted["g-freeze"] == counted["zero-init"] == layers * per_mlp  # k=2: (k-1)(U + D) per layer
     assert counted["g-freeze-top"] == 2 * per_mlp
     assert counted["g-train"] == counted["g-train-noise"] == layers * 2 * (2 * h * p)  # k * U per layer
-    per_rank = forgetting.trainable_params(get_peft_model(copy.deepcopy(base), forgetting.lora(1)))
+    per_rank = methods.trainable(get_peft_model(copy.deepcopy(base), methods.lora(1)))
     assert counted["lora-r4"] == 4 * per_rank
     assert abs(counted["lora"] - counted["g-freeze"]) <= per_rank / 2  # the closest rank
 
@@ -148,5 +148,5 @@ def test_replot_redraws_the_figures_from_a_saved_run(tiny, tmp_path):
             for r in results["runs"]
             if r["domain"] == domain
         }
-        assert sorted(finals[tuple(key)] for key in front) == forgetting.pareto_front(list(finals.values()))
+        assert sorted(finals[tuple(key)] for key in front) == methods.pareto_front(list(finals.values()))
         assert all(forgetting.METHODS[method].label in printed.getvalue() for method, _, _ in front)

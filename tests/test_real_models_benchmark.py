@@ -1,4 +1,4 @@
-"""The real-model benchmark (benchmarks/real_models.py and its report) end to end on in-repository material: the
+"""The real-model benchmark (benchmarks/real_models*.py and its report) end to end on in-repository material: the
 stories260K model stands in for the real models, the task slices in tests/data for the shared data. Checked: the
 answer-only loss, runs with one JSON each that resume exactly after a stop, the refusal to mix evaluation
 settings, and the report's equal-score reading on hand-made curves."""
@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from benchmarks import real_models
+from benchmarks import real_models, real_models_runner, real_models_scores, real_models_setup, real_models_tasks
 from benchmarks import real_models_report as report
 from peft_grow import evaluation as ev
 
@@ -67,14 +67,14 @@ def finished(data, tmp_path_factory) -> Path:
 def test_answer_loss_is_the_mean_over_answer_tokens_of_each_example_alone():
     tokenizer = AutoTokenizer.from_pretrained(MODEL)
     model = AutoModelForCausalLM.from_pretrained(MODEL).eval()
-    encoded = real_models.encode(tokenizer, ev.qasc_examples(DATA / "qasc" / "dev.json")[:5])
+    encoded = real_models_tasks.encode(tokenizer, ev.qasc_examples(DATA / "qasc" / "dev.json")[:5])
     assert all(e.answer[-1] == tokenizer.eos_token_id for e in encoded)
-    batch = real_models.collate(encoded, ev.pad_token_id(tokenizer), max_len=256)
+    batch = real_models_tasks.collate(encoded, ev.pad_token_id(tokenizer), max_len=256)
     assert batch["input_ids"].shape[1] == max(len(e.prompt) + len(e.answer) for e in encoded)
     assert batch["attention_mask"][:, 0].all()  # right-padded: no row of queries is fully masked
     with torch.no_grad():
-        loss = real_models.answer_loss(model, batch, torch.device("cpu"))
-        whole_rows = model(**real_models.full_label_batch(batch)).loss
+        loss = real_models_tasks.answer_loss(model, batch, torch.device("cpu"))
+        whole_rows = model(**real_models_tasks.full_label_batch(batch)).loss
         total, count = 0.0, 0
         for e in encoded:  # each example alone, unpadded
             ids = torch.tensor([e.prompt + e.answer])
@@ -135,7 +135,7 @@ def test_a_stopped_run_resumes_from_its_last_evaluation_as_if_unbroken(data, tmp
     unbroken, stopped = tmp_path / "unbroken", tmp_path / "stopped"
     runs = (*guard, "--runs", "g-freeze@1e-3", "--keep-weights")
     real_models.main(run_args(data, unbroken, *runs, str(unbroken / "weights")))
-    evaluate, calls = real_models.evaluate, []
+    evaluate, calls = real_models_scores.evaluate, []
 
     def stop_at_the_last_evaluation(*args):
         calls.append(args)
@@ -143,11 +143,11 @@ def test_a_stopped_run_resumes_from_its_last_evaluation_as_if_unbroken(data, tmp
             raise KeyboardInterrupt
         return evaluate(*args)
 
-    monkeypatch.setattr(real_models, "evaluate", stop_at_the_last_evaluation)
+    monkeypatch.setattr(real_models_scores, "evaluate", stop_at_the_last_evaluation)
     with pytest.raises(KeyboardInterrupt):
         real_models.main(run_args(data, stopped, *runs, str(stopped / "weights")))
     assert [p.parent.name for p in (stopped / "checkpoints").rglob("state.json")] == ["step-1"]
-    monkeypatch.setattr(real_models, "evaluate", evaluate)
+    monkeypatch.setattr(real_models_scores, "evaluate", evaluate)
     real_models.main(run_args(data, stopped, *runs, str(stopped / "weights")))
 
     def final(root):
@@ -165,7 +165,8 @@ def test_a_stopped_run_resumes_from_its_last_evaluation_as_if_unbroken(data, tmp
 
 @pytest.mark.parametrize("source", ["self", "prompts", "wikitext"])
 def test_guarded_runs_record_the_guard_and_its_kl_and_start_at_the_base(data, tmp_path, monkeypatch, source):
-    monkeypatch.setenv(real_models.CACHE_ENV, str(tmp_path / "cache" / "models"))  # self-generated text lands here
+    cache = tmp_path / "cache" / "models"
+    monkeypatch.setenv(real_models_setup.CACHE_ENV, str(cache))  # self-generated text lands beside it
     real_models.main(run_args(data, tmp_path, "--guard-weight", "2", "--guard-source", source, "--runs", "full@1e-3"))
     run = json.loads((tmp_path / "stories" / "qasc" / f"full+kl-{source}-w2_lr1e-03_s0.json").read_text())
     guard = run["settings"]["guard"]
@@ -192,10 +193,10 @@ def test_other_evaluation_settings_are_refused_in_the_same_folder(data, finished
 
 def test_a_run_claimed_by_a_live_worker_is_left_alone(tmp_path):
     path = tmp_path / "full_lr1e-03_s0.json"
-    with real_models.claimed(path) as first, real_models.claimed(path) as second:
+    with real_models_runner.claimed(path) as first, real_models_runner.claimed(path) as second:
         assert first and not second
-    path.with_suffix(".lock").write_text(f"{real_models.socket.gethostname()} 999999999")  # a dead process
-    with real_models.claimed(path) as taken_over:
+    path.with_suffix(".lock").write_text(f"{real_models_runner.socket.gethostname()} 999999999")  # a dead process
+    with real_models_runner.claimed(path) as taken_over:
         assert taken_over
     assert not path.with_suffix(".lock").exists()
 

@@ -1,7 +1,9 @@
 """The benchmarks, the examples and the tests import one another as packages from the repository root (pytest's
-`pythonpath`; `python -m benchmarks.NAME` for a benchmark), never by editing `sys.path`, and no benchmark reads a
-data folder outside the repository unless it is given one."""
+`pythonpath`; `python -m benchmarks.NAME` for a benchmark), never by editing `sys.path`; no benchmark imports an
+example, an example imports only peft_grow and libraries, no benchmark reads a data folder outside the
+repository unless it is given one, and no function in peft_grow/, benchmarks/ or examples/ is over 60 lines."""
 
+import ast
 import importlib
 import os
 import re
@@ -24,7 +26,7 @@ def test_every_benchmark_and_example_imports_by_its_package_name(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["exactness", "layer_selection"])  # they import peft_grow.testing, examples.demo
+@pytest.mark.parametrize("name", ["exactness", "layer_selection"])  # they import peft_grow.testing, stories
 def test_a_benchmark_starts_as_a_module_from_the_repository_root(name):
     env = {"HF_HUB_OFFLINE": "1", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     result = subprocess.run(
@@ -56,3 +58,41 @@ def test_retention_takes_its_data_folder_from_an_argument_or_the_environment(mon
     assert retention.parse_args(["--data-dir", "tasks"]).data_dir == "tasks"
     monkeypatch.setenv(ev.DATA_ENV, "elsewhere")
     assert retention.parse_args([]).data_dir == "elsewhere"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The top-level names a file imports (relative imports count as their own package)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names.add(path.parent.name if node.level else node.module.split(".")[0])
+    return names
+
+
+def test_no_benchmark_imports_an_example_and_examples_import_only_the_package_and_libraries():
+    """Examples run as scripts from a fresh checkout (`python examples/demo.py`), so they cannot lean on the
+    repository's other folders; what a benchmark shares with the demo lives in benchmarks/stories.py."""
+    found = {
+        str(path.relative_to(ROOT)): sorted(names)
+        for folder, banned in (("benchmarks", {"examples"}), ("examples", {"benchmarks", "examples", "tests"}))
+        for path in (ROOT / folder).glob("*.py")
+        if (names := imported_modules(path) & banned)
+    }
+    assert found == {}
+
+
+LONGEST_FUNCTION = 60  # lines, decorators aside
+
+
+def test_no_function_is_longer_than_a_screen():
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for folder in ("peft_grow", "benchmarks", "examples")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno - node.lineno + 1 > LONGEST_FUNCTION
+    ]
+    assert not found, f"functions over {LONGEST_FUNCTION} lines: {found}"
