@@ -64,7 +64,7 @@ from transformers import AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from peft_grow.analysis.selection import pilot_ranking, top_layers  # noqa: E402
-from peft_grow.io.loading import token_windows  # noqa: E402
+from peft_grow.sequences import token_windows  # noqa: E402
 
 from . import stories  # noqa: E402  (the demo's model, original domain, data order and loss)
 from .methods import METHODS as SHARED  # noqa: E402

@@ -26,7 +26,7 @@ from transformers.utils import logging
 
 from benchmarks import speed
 from peft_grow import GrowConfig
-from peft_grow.io.loading import cached_forward
+from peft_grow.sequences import cached_forward
 
 
 def kernel_time(prof, device_type: str) -> tuple[float, int]:

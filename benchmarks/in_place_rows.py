@@ -26,7 +26,7 @@ from transformers.utils import logging
 import peft_grow.tuner._fast_paths as fast_paths
 from benchmarks import speed
 from peft_grow import GrowConfig
-from peft_grow.io.loading import cached_forward
+from peft_grow.sequences import cached_forward
 
 PATHS = {"concatenate": 2**62, "in place": 1}  # the IN_PLACE_MIN_ROWS that forces each path
 

@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from transformers.utils import logging
 
 from peft_grow.analysis.selection import gradient_ranking, pilot_ranking, rank_agreement
-from peft_grow.io.loading import token_windows
+from peft_grow.sequences import token_windows
 
 from . import stories  # the demo's data loading: same model, same split
 

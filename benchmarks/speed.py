@@ -49,7 +49,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.utils import logging
 
 from peft_grow import GrowConfig
-from peft_grow.io.loading import cached_forward
+from peft_grow.sequences import cached_forward
 from peft_grow.testing import GEMMA3_1B
 from peft_grow.training import RetentionGuard
 

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
-from peft_grow.io.loading import token_windows
+from peft_grow.sequences import token_windows
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
 MODEL_DIR = DATA / "stories260K"

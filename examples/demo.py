@@ -46,7 +46,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 import peft_grow  # noqa: E402, F401  (importing it registers the GROW method with PEFT)
 from peft_grow import GrowConfig  # noqa: E402
-from peft_grow.io.loading import token_windows  # noqa: E402
+from peft_grow.sequences import token_windows  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 MODEL_DIR = DATA / "stories260K"

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..io.loading import cached_forward
+from ..sequences import cached_forward
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..io.loading import token_windows
+from ..sequences import token_windows
 from ..tuner.architectures import find_mlps
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..io.loading import token_windows
+from ..sequences import token_windows
 from .data import Example
 from .metrics import METRICS, bleu, choice_accuracy, exact_match
 

@@ -30,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..io.loading import token_windows
+from ..sequences import token_windows
 from .guard import RetentionGuardError, has_adapter
 
 log = logging.getLogger(__name__)
