@@ -180,9 +180,12 @@ def test_failed_write_leaves_target_absent_or_intact(tmp_path, monkeypatch, over
 
 INTERRUPTED = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     import torch
     import peft_grow
+
+    # ctrl-c as in a terminal, also where the test runner was started in the background (SIGINT ignored, inherited)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
