@@ -237,9 +237,9 @@ def _read_settings(config: dict, problems: list[str]) -> _Settings:
     if peft_type != "GROW":
         problems.append(f"peft_type is {peft_type!r}, expected 'GROW': this is not a peft-grow adapter config.")
     k, mode, init = config.get("k"), config.get("mode", "freeze"), config.get("init", "copy")
-    # the noise has a store of its own only where the down blocks are frozen (stores.filled_stores says where)
-    noise = mode in MODES and init in INITS and "grow_noise" in filled_stores(DOWN, mode, init, noise=True)
-    noise = noise and bool(config.get("symmetry_noise"))
+    # symmetry noise has a store of its own only where the down blocks are frozen (filled_stores says where)
+    noise = bool(config.get("symmetry_noise"))
+    noise = mode in MODES and init in INITS and "grow_noise" in filled_stores(DOWN, mode, init, noise=noise)
     settings = _Settings(k=k, mode=mode, init=init, noise=noise)
     if not settings.valid_k:
         problems.append(f"k is {k!r}, expected an integer >= 2.")
