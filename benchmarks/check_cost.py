@@ -3,7 +3,8 @@
 Builds a randomly initialised model of Gemma3-1B's published shape (hidden 1152, MLP 6912, 26 layers, vocabulary
 262,144), or with --shape olmoe of OLMoE-1B-7B's (hidden 2048, 64 experts of width 1024 in each of 16 layers,
 vocabulary 50,304), in bfloat16 (or --dtype float32) on the CPU and times get_peft_model(GrowConfig(k=2)) with
-the check on and off, side by side (--repeats rounds, each on a fresh copy of the base), and prints the ratio.
+the check on and off, side by side (--repeats rounds, each on a fresh copy of the base), and prints the ratio and
+the time of the check's whole-model part (a forward of the model on a few tokens) alone.
 
     python -m benchmarks.check_cost                         # a few minutes on 2 CPU cores, 6 GB of memory
     python -m benchmarks.check_cost --layers 4              # a smaller stack
@@ -20,8 +21,9 @@ import torch
 from peft import get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from peft_grow import GrowConfig
+from peft_grow import GrowConfig, find_mlps
 from peft_grow.testing import GEMMA3_1B
+from peft_grow.tuner.checking import check_in_the_model
 
 OLMOE_1B_7B = dict(
     hidden_size=2048,
@@ -59,14 +61,26 @@ def main() -> None:
             times[check].append(time.perf_counter() - start)
             del model
     on, off = statistics.median(times[True]), statistics.median(times[False])
+    whole = statistics.median(_whole_model_check(base) for _ in range(args.repeats))
     print(
         f"{label} shape, {layers} layers, {params / 1e9:.2f}B parameters, {args.dtype}, CPU "
         f"({torch.get_num_threads()} threads); medians of {args.repeats} rounds:"
     )
     print(
         f"get_peft_model with the check {on:.2f} s, without {off:.2f} s: the check adds {on - off:.2f} s "
-        f"({on / off:.2f}x)"
+        f"({on / off:.2f}x), of which {whole:.2f} s the whole-model check (one forward of a few tokens)"
     )
+
+
+def _whole_model_check(base: torch.nn.Module) -> float:
+    """Seconds of the check's whole-model part alone: one forward that records which grown modules a text input
+    reaches (peft_grow.tuner.checking.check_in_the_model; a second, grown, forward runs only for MLPs the per-MLP
+    check cannot run on a bare tensor, none here)."""
+    config = GrowConfig(k=2)
+    mlps = find_mlps(base)
+    start = time.perf_counter()
+    check_in_the_model(base, mlps, config, unchecked=[])  # the per-MLP check runs every MLP of these models
+    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

@@ -6,9 +6,12 @@ G-Freeze) and `GrowConfig(k=3, mode="train")`, and once more with the same MLPs 
 (`up_modules` / `down_modules`, the path for types peft-grow does not know). A type's verdict is that of the two
 `GrowConfig` settings; a wrong result on any path is reported. Each outcome is one of:
 
-  exact     the grown model's logits equal the base's (float32, within 1e-5 of the largest logit)
+  exact     the grown model's logits equal the base's (float32, within 1e-5 of the largest logit); and, for a type
+            grown exactly, GrowConfig(init_weights=False) (an adapter that is not an identity) moves them: what
+            grows is on the path from the tokens to the logits (column "moves")
   refused   get_peft_model raised with its reason (a mixture-of-experts table line, a failed self-check, ...)
-  WRONG     the adapter was accepted but the logits moved, or the forward failed: a bug, never expected
+  WRONG     the adapter was accepted but the logits moved (or an init_weights=False adapter left them where they
+            were), or the forward failed: a bug, never expected
   unbuilt   the tiny model could not be built or run (a limit of this script, not of growth)
 
     python -m benchmarks.coverage                     # all types: a few minutes on 2 CPU cores
@@ -99,9 +102,7 @@ class Outcome:
 
 def tiny_config(model_type: str):
     config = AutoConfig.for_model(model_type)
-    targets = [config] + [
-        getattr(config, name) for name in ("text_config", "decoder", "language_config") if hasattr(config, name)
-    ]
+    targets = [config] + [value for value in vars(config).values() if isinstance(value, PretrainedConfig)]
     for target in targets:
         _shrink_sizes(target)
         _fit_heads(target)
@@ -134,6 +135,12 @@ def _fit_heads(target: PretrainedConfig) -> None:
         target.num_key_value_heads = TINY["num_attention_heads"]  # latent attention: one key/value per head
     if getattr(target, "model_type", "") == "mamba2":
         target.num_heads = inner // TINY["head_dim"]
+    if getattr(target, "model_type", "") == "zamba2":  # sizes its __post_init__ derived from the default width
+        target.attention_hidden_size = 2 * TINY["hidden_size"]
+        target.attention_head_dim = target.attention_hidden_size // TINY["num_attention_heads"]
+        target.mamba_headdim = inner // target.n_mamba_heads
+        target.kv_channels = TINY["hidden_size"] // TINY["num_attention_heads"]
+        target.num_query_groups = TINY["num_attention_heads"]
 
 
 def _fit_token_ids(target: PretrainedConfig) -> None:
@@ -157,6 +164,9 @@ def _fit_layers(target: PretrainedConfig) -> None:
         found = getattr(target, key, None)
         if isinstance(found, list) and layers is not None and len(found) > layers:
             setattr(target, key, found[:layers])
+    if getattr(target, "hybrid_layer_ids", None) is not None:  # Zamba2: one Mamba and one hybrid (MLP) layer
+        target.layers_block_type = ["linear_attention", "hybrid"][:layers]
+        target.hybrid_layer_ids = [1]
 
 
 def parameters_on_meta(config) -> int:
@@ -204,7 +214,21 @@ def census(model_type: str) -> list[Outcome]:
             continue
         exact = difference <= 1e-5 * max(1.0, expected.abs().max().item())
         outcomes.append(Outcome(model_type, setting, "exact" if exact else "WRONG", f"max |diff| {difference:.2e}"))
+    if outcomes and outcomes[0].result == "exact":
+        outcomes.append(on_path(model_type, base, ids, expected))
     return outcomes
+
+
+def on_path(model_type: str, base, ids: torch.Tensor, expected: torch.Tensor) -> Outcome:
+    """GrowConfig(init_weights=False), an adapter that is not an identity, must move the logits of a text input:
+    if they stay put, what was grown is not on the path from the tokens to the logits (a vision tower, say)."""
+    try:
+        moved = (logits(get_peft_model(copy.deepcopy(base), GrowConfig(init_weights=False)), ids) - expected).abs()
+    except Exception as error:  # noqa: BLE001
+        return Outcome(model_type, "moves", "WRONG", "init_weights=False failed: " + _line(error))
+    difference = moved.max().item()
+    result = "exact" if difference > 1e-5 * max(1.0, expected.abs().max().item()) else "WRONG"
+    return Outcome(model_type, "moves", result, f"init_weights=False moves the logits by up to {difference:.2e}")
 
 
 def explicit_config(model) -> GrowConfig | None:
@@ -257,11 +281,14 @@ def main(argv: list[str] | None = None) -> list[Outcome]:
         for r in per_type.values()
     )
     if args.markdown:
-        print("| model type | k=2 freeze | k=3 train | up_modules / down_modules |\n|---|---|---|---|")
+        print(
+            "| model type | k=2 freeze | k=3 train | up_modules / down_modules | init_weights=False moves the logits |"
+            "\n|---|---|---|---|---|"
+        )
         for model_type in per_type:
             row = {o.setting: o for o in outcomes if o.model_type == model_type}
-            columns = ("k=2 freeze", "k=3 train", "explicit")
-            cells = [_cell(row.get(s)) for s in columns] if "-" not in row else [_cell(row["-"])] * 2 + [""]
+            columns = ("k=2 freeze", "k=3 train", "explicit", "moves")
+            cells = [_cell(row.get(s)) for s in columns] if "-" not in row else [_cell(row["-"])] * 2 + ["", ""]
             print(f"| {model_type} | {' | '.join(cells)} |")
     print(
         f"\n{len(per_type)} model types: "
@@ -276,7 +303,7 @@ def _cell(outcome: Outcome | None) -> str:
     if outcome is None:
         return ""
     if outcome.result == "exact":
-        return "exact"
+        return "yes" if outcome.setting == "moves" else "exact"
     reason = outcome.detail.split(": ", 1)[-1].replace("|", "/")
     return f"{outcome.result}: {reason[:120]}"
 

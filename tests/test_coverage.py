@@ -3,8 +3,10 @@ refused with its reason, never changed silently. Model types without a table lin
 their MLP (peft_grow.tuner.architectures.STRUCTURES) and guarded by growth's self-check."""
 
 import pytest
+from peft import get_peft_model
 
 from benchmarks import coverage
+from peft_grow import GrowConfig, UnsupportedArchitectureError, find_mlps
 
 DETECTED = [  # popular model types with no table line: structural detection grows them
     "apertus",
@@ -27,7 +29,42 @@ HYBRIDS = ["falcon_h1", "qwen3_5"]  # dense MLPs beside Mamba or linear-attentio
 @pytest.mark.parametrize("model_type", DETECTED + HYBRIDS)
 def test_detected_and_hybrid_model_types_grow_exactly(model_type):
     outcomes = coverage.census(model_type)
-    assert [o.result for o in outcomes] == ["exact", "exact", "exact"], outcomes  # GrowConfig() twice, explicit
+    settings = [(o.setting, o.result) for o in outcomes]  # GrowConfig() twice, explicit, init_weights=False
+    assert settings == [("k=2 freeze", "exact"), ("k=3 train", "exact"), ("explicit", "exact"), ("moves", "exact")]
+
+
+LANGUAGE_MODELS = {  # model type -> where its language model's MLPs are, beside towers for images or audio
+    "git": "git.encoder.layer.",
+    "phi4_multimodal": "model.layers.",
+    "longcat_flash": "model.layers.",
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(LANGUAGE_MODELS))
+def test_the_language_model_is_grown_and_is_on_the_path(model_type):
+    """GIT and Phi-4-multimodal hold vision (and audio) towers of numbered MLPs, which the names alone took for the
+    model's before; LongCat-Flash has two dense MLPs per layer (`mlps.0`, `mlps.1`) beside its experts, which only
+    experts were grown of. Each now grows its language model exactly, and an adapter that is not an identity moves
+    the logits of a text input."""
+    outcomes = {o.setting: o for o in coverage.census(model_type)}
+    assert [outcomes[s].result for s in ("k=2 freeze", "k=3 train", "moves")] == ["exact"] * 3, outcomes
+    base = coverage.AutoModelForCausalLM.from_config(coverage.tiny_config(model_type))
+    grown = [m.down for m in find_mlps(base)]
+    assert grown and all(name.startswith(LANGUAGE_MODELS[model_type]) for name in grown), grown
+    if model_type == "longcat_flash":  # both dense MLPs of every layer, and the experts
+        first = {name.removeprefix("model.layers.0.") for name in grown if name.startswith("model.layers.0.")}
+        assert first == {"mlps.0.down_proj", "mlps.1.down_proj", "mlp.experts"}, grown
+
+
+def test_a_module_outside_the_mlp_that_adds_to_its_width_is_refused_at_injection():
+    """Zamba2 adds its per-layer adapters' p-wide output to gate_up_proj's: a widened gate_up_proj crashed the
+    first forward. The whole-model check refuses it at injection, naming the MLP and the reason."""
+    outcomes = coverage.census("zamba2")
+    assert [o.result for o in outcomes] == ["refused"] * 3, outcomes
+    base = coverage.AutoModelForCausalLM.from_config(coverage.tiny_config("zamba2"))
+    with pytest.raises(UnsupportedArchitectureError, match="shared_transformer.feed_forward") as refusal:
+        get_peft_model(base, GrowConfig())
+    assert "fails (RuntimeError" in str(refusal.value) and "reads or adds to its width" in str(refusal.value)
 
 
 MIXTURES = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "deepseek_v3", "gpt_oss", "llama4_text"]
@@ -39,7 +76,7 @@ def test_mixtures_of_experts_and_new_table_lines_grow_exactly(model_type):
     """Experts grown per expert (peft_grow.tuner.experts); afmoe: an attention output gate named gate_proj beside
     the MLP is not taken for the MLP's (an MLP's projections are siblings)."""
     outcomes = coverage.census(model_type)
-    assert [o.result for o in outcomes if o.setting != "explicit"] == ["exact", "exact"], outcomes
+    assert [o.result for o in outcomes if o.setting != "explicit"] == ["exact"] * 3, outcomes  # with "moves"
     assert all(o.result != "WRONG" for o in outcomes), outcomes
 
 
@@ -64,4 +101,6 @@ def test_every_causal_lm_type_is_grown_exactly_or_refused():
     assert not wrong, wrong
     not_exact = {o.model_type for o in outcomes if o.result != "exact" and o.setting != "explicit"}
     exact = {o.model_type for o in outcomes} - not_exact  # GrowConfig() alone
-    assert len(exact) >= 150, f"{len(exact)} model types grown exactly"  # 153 with transformers 5.24 (docs/coverage.md)
+    assert len(exact) >= 150, f"{len(exact)} model types grown exactly"  # 158 with transformers 5.24 (docs/coverage.md)
+    on_path = {o.model_type for o in outcomes if o.setting == "moves" and o.result == "exact"}
+    assert exact <= on_path, exact - on_path  # every type grown exactly is grown on the path from tokens to logits

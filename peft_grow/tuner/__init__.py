@@ -7,7 +7,8 @@
 - `experts.py`: grown mixture-of-experts modules (3-D expert weights).
 - `model.py`: GrowModel, the BaseTuner that finds the MLPs, wraps them, merges and unloads.
 - `architectures.py`: where each architecture's MLP is (`ARCHITECTURES`, `STRUCTURES`, `find_mlps`).
-- `checking.py`: the numerical check that growth preserves the function. `merged.py`: the merged model's
+- `checking.py`: the numerical check that growth preserves the function. `paths.py`: which modules a text input
+  reaches (the language model's stacks, grown modules on the path). `merged.py`: the merged model's
   config. `tensors.py`: weight layouts (nn.Linear, Conv1D). `quantization.py`: bitsandbytes bases and refusals.
 - `_peft_registry.py`: the one place that touches PEFT internals.
 

@@ -16,6 +16,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from .experts import experts_layout, experts_shape
+from .paths import modules_reached
 from .quantization import unsupported_quantization
 from .tensors import PROJECTIONS, linear_shape
 
@@ -215,16 +216,44 @@ def resolve_layout(model: nn.Module, layout: MLPLayout | None = None) -> MLPLayo
 
 
 def detect_layout(model: nn.Module) -> MLPLayout | None:
-    """The first of STRUCTURES that finds well-formed MLPs in the model's numbered layers, or None."""
+    """The first of STRUCTURES that finds well-formed MLPs in the model's numbered layers, or None. In a model with
+    several stacks of layers, only those a text input reaches count (the language model, not a vision or audio
+    tower), and the layout's `stack` names them."""
     modules = _projections(model)
+    language = _language_stacks(model, modules)
     for layout in STRUCTURES:
-        groups = _group(modules, layout, explicit=False)
-        if groups and all(_well_formed(names, modules, layout.fused_up_chunks) for names in groups.values()):
-            down = modules[next(iter(groups.values()))["down"][0]]
+        groups = [group for group in _group(modules, layout, False) if language is None or group[0] in language]
+        if groups and all(_well_formed(names, modules, layout.fused_up_chunks) for _, _, names in groups):
+            stacks = sorted({stack for stack, _, _ in groups})
             return MLPLayout(
-                layout.up, layout.down, layout.fused_up_chunks, width_key=_width_key(model, linear_shape(down)[0])
+                layout.up,
+                layout.down,
+                layout.fused_up_chunks,
+                stack=ANY_STACK if language is None else "|".join(map(re.escape, stacks)),
+                width_key=_width_key(model, linear_shape(modules[groups[0][2]["down"][0]])[0]),
             )
     return None
+
+
+def _language_stacks(model: nn.Module, modules: dict[str, nn.Module]) -> set[str] | None:
+    """The numbered stacks of projections that run on a text input, where the model has several (None where it has
+    one: nothing to tell apart). Refuses, listing them, where the model cannot be run to tell."""
+    stacks = defaultdict(list)
+    for name in modules:
+        if (split := split_module_name(name)) is not None:
+            stacks[split[0]].append(name)
+    if len(stacks) < 2:
+        return None
+    reached = modules_reached(model, modules)
+    if reached is None:
+        raise UnsupportedArchitectureError(
+            f"The model has {len(stacks)} stacks of layers ({', '.join(sorted(stacks))}) and peft-grow could not "
+            "run it on a text input to tell which belong to the language model (its weights are on the meta "
+            "device, sharded, or its forward needs more than token ids). Load it with its weights, or name the MLPs "
+            "to grow with GrowConfig(up_modules=[...], down_modules=[...]) and leave the other stacks out with "
+            "exclude_modules (a regex such as '.*vision.*')."
+        )
+    return {stack for stack, names in stacks.items() if reached.intersection(names)}
 
 
 def _well_formed(names: dict[str, list[str]], modules: dict, chunks: int) -> bool:
@@ -260,9 +289,10 @@ def _linear_names_hint(model: nn.Module) -> str:
     return f"Linear layers found in layer {index} of {stack!r}: {', '.join(names)}."
 
 
-def _group(modules: dict[str, nn.Module], layout: MLPLayout, explicit: bool) -> dict[tuple[str, int], dict]:
-    """Up-side and down projection names per (layer stack, index); with `explicit` (regexes from the user), also
-    MLPs outside numbered layers, matched by full name and keyed by their parent module."""
+def _group(modules: dict[str, nn.Module], layout: MLPLayout, explicit: bool) -> list[tuple[str, int, dict]]:
+    """Up-side and down projection names of each MLP, as (layer stack, index, names); with `explicit` (regexes from
+    the user), also MLPs outside numbered layers, matched by full name and keyed by their parent module. A layer
+    with several MLPs (LongCat-Flash's `mlps.0` and `mlps.1`) gives one entry per MLP."""
     groups: dict[tuple[str, int], dict[str, list[str]]] = defaultdict(lambda: {"up": [], "down": []})
     for name in modules:
         split = split_module_name(name)
@@ -279,7 +309,17 @@ def _group(modules: dict[str, nn.Module], layout: MLPLayout, explicit: bool) -> 
         for names in groups.values():  # an MLP's projections are siblings where any are (not in BERT)
             down = names["down"][0] if len(names["down"]) == 1 else None
             names["up"] = [up for up in names["up"] if _parent(up) == _parent(down or "")] or names["up"]
-    return groups
+    return [(stack, index, mlp) for (stack, index), names in groups.items() for mlp in _sibling_mlps(names)]
+
+
+def _sibling_mlps(names: dict[str, list[str]]) -> list[dict[str, list[str]]]:
+    """A layer's projections as one MLP, or as one MLP per parent module where it has several down projections,
+    each with sibling up-side projections (and no other up-side projection left over)."""
+    downs = names["down"]
+    parents = {_parent(down) for down in downs}
+    if len(downs) < 2 or len(parents) < len(downs) or any(_parent(up) not in parents for up in names["up"]):
+        return [names]
+    return [{"up": [up for up in names["up"] if _parent(up) == _parent(down)], "down": [down]} for down in downs]
 
 
 def _parent(name: str) -> str:
@@ -314,18 +354,19 @@ def find_mlps(
             + " Check GrowConfig.up_modules / down_modules (regexes relative to a layer, or full module names for "
             "an MLP outside numbered layers)."
         )
-    _refuse_fused_experts(model, {f"{s}.{i}" for s, i in [*groups, *experts]}, set(experts.values()))
+    keys = [(stack, index) for stack, index, _ in groups] + list(experts)
+    _refuse_fused_experts(model, {f"{s}.{i}" for s, i in keys}, set(experts.values()))
 
-    layer_counts = _layer_counts(model, {stack for stack, index in [*groups, *experts] if index != UNNUMBERED})
+    layer_counts = _layer_counts(model, {stack for stack, index in keys if index != UNNUMBERED})
     if layers is not None and not layer_counts:
-        where = sorted(groups)[0][0] or "the model itself"
+        where = groups[0][0] or "the model itself"
         raise ValueError(
             f"GrowConfig.layers={layers} selects numbered layers, but the MLPs found ({where}) are outside "
             "any numbered stack of layers. Use layers=None to grow them."
         )
     chosen = _choose_layers(layers, layer_counts)
     found = []
-    for (stack, index), names in sorted(groups.items()):
+    for stack, index, names in sorted(groups, key=lambda group: (group[0], group[1], group[2]["down"])):
         selected = layers is None if index == UNNUMBERED else index in chosen[stack]
         if not selected or _is_excluded(exclude, names["up"] + names["down"]):
             continue

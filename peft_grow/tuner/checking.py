@@ -14,7 +14,9 @@ inputs), or holds no real weights (the meta device), the check is skipped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -25,6 +27,7 @@ from torch import nn
 from .architectures import GrownMLP, UnsupportedArchitectureError
 from .experts import experts_layout, preserves_function
 from .growth import INITS
+from .paths import evaluating, recording, run_text, text_input
 from .tensors import PROJECTIONS, interleave, is_conv1d, linear_layout
 
 if TYPE_CHECKING:
@@ -38,32 +41,113 @@ LOW_PRECISION_TOLERANCE = 3e-2
 
 
 def check_growth_preserves(model: nn.Module, mlps: list[GrownMLP], config: GrowConfig) -> None:
-    """Raise UnsupportedArchitectureError if growing any of `mlps` as `config` says changes that MLP's output."""
-    for mlp in mlps:
-        _check_one(model, mlp, config)
+    """Raise UnsupportedArchitectureError if growing any of `mlps` as `config` says changes that MLP's output, if
+    one of them does not run on a text input, or if the whole model grown at its start fails or computes otherwise
+    (a module outside an MLP that reads or adds to its width)."""
+    unchecked = [mlp for mlp in mlps if not _check_one(model, mlp, config)]
+    check_in_the_model(model, mlps, config, unchecked)
 
 
-def _check_one(model: nn.Module, mlp: GrownMLP, config: GrowConfig) -> None:
+def check_in_the_model(model: nn.Module, mlps: list[GrownMLP], config: GrowConfig, unchecked: list[GrownMLP]) -> None:
+    """One forward of the whole model on a few tokens, hooked to see which of `mlps`' modules run; then, for the
+    dense MLPs of `unchecked` (those the per-MLP check could not run on a bare tensor), one with them grown at
+    their start, through the same hooks; where that fails, each is tried alone to name the one at fault. Skipped
+    where the model cannot be run on token ids (meta weights, a forward that needs other inputs)."""
+    ids = text_input(model)
+    names = sorted({name for mlp in mlps for name in (*mlp.up, mlp.down)})
+    reached: set[str] = set()
+    try:
+        with recording(model, names, reached.add):
+            expected = None if ids is None else run_text(model, ids)
+    except Exception as error:  # noqa: BLE001  (any model's forward: the check cannot run, as for _check_one)
+        logger.debug("Not checking growth in the whole model: it does not run on token ids (%s).", error)
+        expected = None
+    if expected is None:
+        return
+    _refuse_off_path([name for name in names if name not in reached], config)
+    dense = [mlp for mlp in unchecked if not mlp.experts and _plain(model, mlp)]
+    if dense and _grown_forward(model, dense, config, ids, expected) is not None:
+        for mlp in dense:  # only when the model fails: find the MLP at fault
+            if (measured := _grown_forward(model, [mlp], config, ids, expected)) is not None:
+                raise UnsupportedArchitectureError(
+                    f"Growing the MLP of {mlp.down.rpartition('.')[0] or mlp.down} ({', '.join((*mlp.up, mlp.down))}) "
+                    f"at its function-preserving start, the model's forward on a text input {measured}: a module "
+                    "outside the MLP's projections reads or adds to its width (Zamba2's gate_up_proj_adapter_list "
+                    "adds a p-wide output to gate_up_proj's, say), and peft-grow does not widen it with them. Leave "
+                    "this MLP out (exclude_modules or layers), or fine-tune the model with another PEFT method."
+                )
+
+
+def _refuse_off_path(missing: list[str], config: GrowConfig) -> None:
+    """Grown modules that a text input does not reach: refused on the default path (growth chose them); a warning
+    where the user named them (GrowConfig.up_modules), who may grow another tower on purpose."""
+    if not missing:
+        return
+    message = (
+        f"{len(missing)} of the modules to grow do not run when the model reads a text input (token ids): "
+        f"{', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}. They belong to a tower the model does not "
+        "use for text (vision, audio) or to a branch its forward skips, so training them cannot change the model's "
+        "output on text."
+    )
+    if config.mlp_layout is not None:
+        warnings.warn(message + " Growing them anyway, as up_modules/down_modules name them.", stacklevel=2)
+        return
+    raise UnsupportedArchitectureError(
+        message + " Name the language model's MLPs with GrowConfig(up_modules=[...], down_modules=[...]) (and "
+        "exclude_modules for other stacks), or pass check_function=False if other inputs reach them on purpose."
+    )
+
+
+def _grown_forward(
+    model: nn.Module, mlps: list[GrownMLP], config: GrowConfig, ids: torch.Tensor, expected: torch.Tensor
+) -> str | None:
+    """None if the model with `mlps` grown at their start computes `expected` on `ids` (judged in float32 or
+    float64; in 16 bits only that it runs with the same shape), else the words for what it does instead."""
+    generator = torch.Generator().manual_seed(0)
+    try:
+        with contextlib.ExitStack() as stack:
+            for mlp in mlps:
+                stack.enter_context(_grown(model, mlp, config, generator))
+            found = run_text(model, ids)
+    except Exception as error:  # noqa: BLE001  (the grown width reaches work sized for the old one)
+        return f"fails ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+    if found.shape != expected.shape:
+        return f"changes the logits' shape from {tuple(expected.shape)} to {tuple(found.shape)}"
+    if expected.dtype not in TOLERANCE:
+        return None
+    difference = (found.float() - expected.float()).abs().max().item()
+    return _beyond_rounding(difference, expected.abs().max().item(), expected.dtype)
+
+
+def _plain(model: nn.Module, mlp: GrownMLP) -> bool:
+    """The MLP's projections are still plain layers (not wrapped by a first adapter or another tuner)."""
+    return all(type(model.get_submodule(name)) in PROJECTIONS for name in (*mlp.up, mlp.down))
+
+
+def _check_one(model: nn.Module, mlp: GrownMLP, config: GrowConfig) -> bool:
+    """Whether the MLP could be checked (its module runs on a bare tensor and calls its projections); raises if it
+    was and growth changes its output."""
     if mlp.experts:
         _check_experts(model, mlp, config)
-        return
+        return True
     names = (*mlp.up, mlp.down)
-    if any(type(model.get_submodule(name)) not in PROJECTIONS for name in names):
-        return  # already wrapped (a second adapter, another tuner): checked when first grown, or not a plain layer
+    if not _plain(model, mlp):
+        return True  # already wrapped (a second adapter, another tuner): checked when first grown, or not a plain layer
     parent_name = _common_parent(names)
     parent = model.get_submodule(parent_name) if parent_name else model
     weight = model.get_submodule(mlp.down).weight
     if weight.is_meta or not weight.dtype.is_floating_point:
-        return
+        return False
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(1, 2, mlp.hidden, generator=generator).to(device=weight.device, dtype=weight.dtype)
-    with _evaluating(parent), torch.no_grad():
+    with evaluating(parent), torch.no_grad():
         try:
             expected = _first_tensor(parent(x))
         except Exception as error:  # a forward that needs more than a tensor: cannot check this way
             logger.debug("Not checking %s: its forward does not take a bare tensor (%s).", parent_name, error)
-            return
-        with _grown(model, mlp, config, generator):
+            return False
+        called: set[str] = set()
+        with _grown(model, mlp, config, generator), recording(model, list(names), called.add):
             try:
                 found, failure = _first_tensor(parent(x)), None
             except Exception as error:  # the grown width reaches work sized for the old one
@@ -76,7 +160,7 @@ def _check_one(model: nn.Module, mlp: GrownMLP, config: GrowConfig) -> None:
         difference = (found.float() - expected.float()).abs().max().item()
         measured = _beyond_rounding(difference, expected.detach().abs().max().item(), expected.dtype)
         if measured is None:
-            return
+            return called == set(names)  # else the projections are called from outside this module
     raise UnsupportedArchitectureError(
         f"Growing {parent_name or type(model).__name__} ({', '.join(names)}) at its function-preserving start "
         f"{measured}: the work between its up and down projections is not elementwise (a normalisation or a "
@@ -91,7 +175,7 @@ def _check_experts(model: nn.Module, mlp: GrownMLP, config: GrowConfig) -> None:
     layout = experts_layout(module)
     if layout is None or module.down_proj.is_meta:
         return  # already wrapped (a second adapter): checked when first grown; or no real weights
-    with _evaluating(module):
+    with evaluating(module):
         result = preserves_function(module, layout, config)
     if isinstance(result, str):
         measured = f"fails ({result})"
@@ -158,15 +242,3 @@ def _first_tensor(output: object) -> torch.Tensor:
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
     raise TypeError(f"expected a tensor or a tuple starting with one, got {type(output).__name__}")
-
-
-@contextmanager
-def _evaluating(module: nn.Module) -> Iterator[None]:
-    """Dropout off during the check; every submodule's mode restored after."""
-    modes = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes.items():
-            m.training = training
