@@ -11,7 +11,7 @@ from peft import get_peft_model
 from benchmarks import coverage
 from peft_grow import GrowConfig, UnsupportedArchitectureError, find_mlps
 from peft_grow.testing import logits, sample_inputs, tiny_model
-from peft_grow.tuner.paths import modules_reached, text_input
+from peft_grow.tuner.paths import run_watching, text_input
 
 
 def skipping_layer(model, index: int):
@@ -36,10 +36,10 @@ def test_named_modules_off_the_path_are_grown_with_a_warning_and_check_function_
     assert "model.layers.1.mlp.down_proj" in grown.peft_config["default"].target_modules
 
 
-def test_modules_reached_sees_every_layer_and_no_vision_tower():
+def test_a_text_run_reaches_every_layer_and_no_vision_tower():
     model = tiny_model("gemma3")  # multimodal: a vision tower beside the language model
     names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
-    reached = modules_reached(model, names)
+    reached = run_watching(model, names).reached
     assert any(".language_model.layers.0.mlp." in name for name in reached)
     assert any(".language_model.layers.2.mlp." in name for name in reached)
     assert not any("vision" in name for name in reached), sorted(reached)[:5]

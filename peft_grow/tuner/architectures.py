@@ -16,7 +16,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from .experts import experts_layout, experts_shape
-from .paths import modules_reached
+from .paths import run_watching
 from .quantization import unsupported_quantization
 from .tensors import PROJECTIONS, linear_shape
 
@@ -244,8 +244,8 @@ def _language_stacks(model: nn.Module, modules: dict[str, nn.Module]) -> set[str
             stacks[split[0]].append(name)
     if len(stacks) < 2:
         return None
-    reached = modules_reached(model, modules)
-    if reached is None:
+    run = run_watching(model, modules)
+    if run is None:
         raise UnsupportedArchitectureError(
             f"The model has {len(stacks)} stacks of layers ({', '.join(sorted(stacks))}) and peft-grow could not "
             "run it on a text input to tell which belong to the language model (its weights are on the meta "
@@ -253,7 +253,7 @@ def _language_stacks(model: nn.Module, modules: dict[str, nn.Module]) -> set[str
             "to grow with GrowConfig(up_modules=[...], down_modules=[...]) and leave the other stacks out with "
             "exclude_modules (a regex such as '.*vision.*')."
         )
-    return {stack for stack, names in stacks.items() if reached.intersection(names)}
+    return {stack for stack, names in stacks.items() if run.reached.intersection(names)}
 
 
 def _well_formed(names: dict[str, list[str]], modules: dict, chunks: int) -> bool:

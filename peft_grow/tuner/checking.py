@@ -27,7 +27,7 @@ from torch import nn
 from .architectures import GrownMLP, UnsupportedArchitectureError
 from .experts import experts_layout, preserves_function
 from .growth import INITS
-from .paths import evaluating, recording, run_text, text_input
+from .paths import TextRun, evaluating, recording, run_text, run_watching
 from .tensors import PROJECTIONS, interleave, is_conv1d, linear_layout
 
 if TYPE_CHECKING:
@@ -53,22 +53,15 @@ def check_in_the_model(model: nn.Module, mlps: list[GrownMLP], config: GrowConfi
     dense MLPs of `unchecked` (those the per-MLP check could not run on a bare tensor), one with them grown at
     their start, through the same hooks; where that fails, each is tried alone to name the one at fault. Skipped
     where the model cannot be run on token ids (meta weights, a forward that needs other inputs)."""
-    ids = text_input(model)
     names = sorted({name for mlp in mlps for name in (*mlp.up, mlp.down)})
-    reached: set[str] = set()
-    try:
-        with recording(model, names, reached.add):
-            expected = None if ids is None else run_text(model, ids)
-    except Exception as error:  # noqa: BLE001  (any model's forward: the check cannot run, as for _check_one)
-        logger.debug("Not checking growth in the whole model: it does not run on token ids (%s).", error)
-        expected = None
-    if expected is None:
+    run = run_watching(model, names)
+    if run is None:  # as for _check_one: a model that cannot be run this way is not checked this way
         return
-    _refuse_off_path([name for name in names if name not in reached], config)
+    _refuse_off_path([name for name in names if name not in run.reached], config)
     dense = [mlp for mlp in unchecked if not mlp.experts and _plain(model, mlp)]
-    if dense and _grown_forward(model, dense, config, ids, expected) is not None:
+    if dense and _grown_forward(model, dense, config, run) is not None:
         for mlp in dense:  # only when the model fails: find the MLP at fault
-            if (measured := _grown_forward(model, [mlp], config, ids, expected)) is not None:
+            if (measured := _grown_forward(model, [mlp], config, run)) is not None:
                 raise UnsupportedArchitectureError(
                     f"Growing the MLP of {mlp.down.rpartition('.')[0] or mlp.down} ({', '.join((*mlp.up, mlp.down))}) "
                     f"at its function-preserving start, the model's forward on a text input {measured}: a module "
@@ -98,17 +91,16 @@ def _refuse_off_path(missing: list[str], config: GrowConfig) -> None:
     )
 
 
-def _grown_forward(
-    model: nn.Module, mlps: list[GrownMLP], config: GrowConfig, ids: torch.Tensor, expected: torch.Tensor
-) -> str | None:
-    """None if the model with `mlps` grown at their start computes `expected` on `ids` (judged in float32 or
+def _grown_forward(model: nn.Module, mlps: list[GrownMLP], config: GrowConfig, run: TextRun) -> str | None:
+    """None if the model with `mlps` grown at their start computes `run`'s logits on its ids (judged in float32 or
     float64; in 16 bits only that it runs with the same shape), else the words for what it does instead."""
+    expected = run.logits
     generator = torch.Generator().manual_seed(0)
     try:
         with contextlib.ExitStack() as stack:
             for mlp in mlps:
                 stack.enter_context(_grown(model, mlp, config, generator))
-            found = run_text(model, ids)
+            found = run_text(model, run.ids)
     except Exception as error:  # noqa: BLE001  (the grown width reaches work sized for the old one)
         return f"fails ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
     if found.shape != expected.shape:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -67,21 +68,30 @@ def run_text(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def modules_reached(model: nn.Module, names: Iterable[str]) -> set[str] | None:
-    """Which of the modules `names` run during one forward of `model` on a text input; None where the model
+@dataclass
+class TextRun:
+    """One forward of a model on a text input: the ids, the logits, and which of the watched modules ran."""
+
+    ids: torch.Tensor
+    logits: torch.Tensor
+    reached: set[str]
+
+
+def run_watching(model: nn.Module, names: Iterable[str]) -> TextRun | None:
+    """One forward of `model` on a text input, recording which of the modules `names` run; None where the model
     cannot be run that way (no token embedding, weights on the meta device or sharded away, a forward that needs
     more than token ids): the caller then cannot tell."""
     ids = text_input(model)
     if ids is None:
         return None
     reached: set[str] = set()
-    with recording(model, names, reached.add):
-        try:
-            run_text(model, ids)
-        except Exception as error:  # noqa: BLE001  (any model's forward: not being able to run it is the answer)
-            logger.debug("Could not run %s on a text input: %s", type(model).__name__, error)
-            return None
-    return reached
+    try:
+        with recording(model, names, reached.add):
+            logits = run_text(model, ids)
+    except Exception as error:  # noqa: BLE001  (any model's forward: not being able to run it is the answer)
+        logger.debug("Could not run %s on a text input: %s", type(model).__name__, error)
+        return None
+    return TextRun(ids, logits, reached)
 
 
 @contextmanager
