@@ -64,9 +64,9 @@ from transformers import AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from peft_grow.analysis.selection import pilot_ranking, top_layers  # noqa: E402
-from peft_grow.sequences import token_windows  # noqa: E402
+from peft_grow.sequences import mean_token_loss, token_windows  # noqa: E402
 
-from . import stories  # noqa: E402  (the demo's model, original domain, data order and loss)
+from . import stories  # noqa: E402  (the demo's model, original domain and data order)
 from .methods import METHODS as SHARED  # noqa: E402
 from .methods import Method, lora_at, markdown_table, matched_lora_rank, pareto_front, text_table, trainable  # noqa: E402
 
@@ -227,7 +227,7 @@ SETUP: Setup | None = None
 
 
 def evaluate(model, domain: Domain, original: torch.Tensor) -> tuple[float, float]:
-    return stories.mean_token_loss(model, domain.heldout), stories.mean_token_loss(model, original)
+    return mean_token_loss(model, domain.heldout), mean_token_loss(model, original)
 
 
 def train_run(job: Job) -> Run:

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
-from peft_grow.sequences import token_windows
+from peft_grow.sequences import mean_token_loss, token_windows
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
 MODEL_DIR = DATA / "stories260K"
@@ -53,15 +53,6 @@ def load_data(tokenizer, seq_len: int) -> Data:
     cut = int(len(ids) * 0.9)
     original = packed(tokenizer, original_samples())
     return Data(ids[:cut], token_windows(ids[cut:], seq_len), token_windows(original, seq_len))
-
-
-@torch.no_grad()
-def mean_token_loss(model, windows: torch.Tensor, batch_size: int = 64) -> float:
-    """Mean next-token cross-entropy (nats) over the [n, seq_len] `windows` (all have the same length)."""
-    model.eval()
-    total = sum(model(input_ids=b, labels=b).loss.item() * len(b) for b in windows.split(batch_size))
-    model.train()
-    return total / len(windows)
 
 
 def evaluate(model, data: Data) -> tuple[float, float]:

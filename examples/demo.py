@@ -46,7 +46,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 import peft_grow  # noqa: E402, F401  (importing it registers the GROW method with PEFT)
 from peft_grow import GrowConfig  # noqa: E402
-from peft_grow.sequences import token_windows  # noqa: E402
+from peft_grow.sequences import mean_token_loss, token_windows  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 MODEL_DIR = DATA / "stories260K"
@@ -93,15 +93,6 @@ def load_data(tokenizer, seq_len: int, heldout_share: float = 0.1) -> Data:
 
 def load_base():
     return AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32)
-
-
-@torch.no_grad()
-def mean_token_loss(model, windows: torch.Tensor, batch_size: int = 64) -> float:
-    """Mean next-token cross-entropy (nats) over the [n, seq_len] `windows` (all have the same length)."""
-    model.eval()
-    total = sum(model(input_ids=b, labels=b).loss.item() * len(b) for b in windows.split(batch_size))
-    model.train()
-    return total / len(windows)
 
 
 def evaluate(model, data: Data) -> tuple[float, float]:
