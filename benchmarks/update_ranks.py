@@ -44,7 +44,7 @@ def main() -> None:
         if step % args.every == 0:
             recorder.record(model, step)
     recorder.plot(args.out, title="stories260K -> Shakespeare: effective rank of the up update")
-    print(f"wrote {args.out}\n\n| step | " + " | ".join(f"layer {i}" for _, i in recorder.layers) + " |")
+    print(f"wrote {args.out}\n\n| step | " + " | ".join(f"layer {label}" for label in recorder.labels()) + " |")
     print("|---|" + "---|" * len(recorder.layers))
     for step, row in zip(recorder.steps, recorder.ranks, strict=True):
         print(f"| {step} | " + " | ".join(f"{rank:.1f}" for rank in row) + " |")

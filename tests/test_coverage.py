@@ -56,6 +56,26 @@ def test_the_language_model_is_grown_and_is_on_the_path(model_type):
         assert first == {"mlps.0.down_proj", "mlps.1.down_proj", "mlp.experts"}, grown
 
 
+def test_update_ranks_keep_one_column_per_dense_mlp_of_a_layer():
+    """LongCat-Flash's two dense MLPs per layer shared one (stack, layer) key in the update-rank recorder, so one
+    overwrote the other; each now has its own column, labelled with its path inside the layer."""
+    import torch
+
+    from peft_grow.analysis import UpdateRankRecorder
+
+    model = coverage.AutoModelForCausalLM.from_config(coverage.tiny_config("longcat_flash"))
+    recorder = UpdateRankRecorder()
+    recorder.record(model, 0)
+    with torch.no_grad():
+        model.model.layers[0].mlps[1].up_proj.weight.add_(1.0)  # a rank-1 update of the second MLP only
+    recorder.record(model, 1)
+    layers = len(model.model.layers)
+    assert len(recorder.layers) == 2 * layers
+    columns = dict(zip(recorder.labels(), recorder.ranks[0], strict=True))
+    assert columns["0 mlps.1"] == pytest.approx(1.0, abs=1e-3) and columns["0 mlps.0"] == 0.0, columns
+    assert sum(rank > 0 for rank in recorder.ranks[0]) == 1
+
+
 def test_a_module_outside_the_mlp_that_adds_to_its_width_is_refused_at_injection():
     """Zamba2 adds its per-layer adapters' p-wide output to gate_up_proj's: a widened gate_up_proj crashed the
     first forward. The whole-model check refuses it at injection, naming the MLP and the reason."""

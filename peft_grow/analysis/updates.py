@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._extras import require
-from ..tuner.architectures import find_mlps
+from ..tuner.architectures import GrownMLP, find_mlps
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -39,10 +39,10 @@ class UpdateRankRecorder:
 
     def __init__(self) -> None:
         self.steps: list[int] = []
-        self.layers: list[tuple[str, int]] = []
+        self.layers: list[tuple[str, int, str]] = []
         self.ranks: list[list[float]] = []
         self.norms: list[list[float]] = []
-        self._previous: dict[tuple[str, int], torch.Tensor] | None = None
+        self._previous: dict[tuple[str, int, str], torch.Tensor] | None = None
 
     def record(self, model: torch.nn.Module, step: int) -> None:
         current = _up_weights(model)
@@ -54,6 +54,19 @@ class UpdateRankRecorder:
             self.norms.append([float(update.norm()) for update in updates])
         self._previous = current
 
+    def labels(self) -> list[str]:
+        """One label per column: the layer index, with the MLP's path inside the layer where a layer holds
+        several dense MLPs (LongCat-Flash's `mlps.0` and `mlps.1`)."""
+        shared = self._shared_layers()
+        return [f"{index} {name}" if (stack, index) in shared else str(index) for stack, index, name in self.layers]
+
+    def _shared_layers(self) -> set[tuple[str, int]]:
+        seen: set[tuple[str, int]] = set()
+        shared: set[tuple[str, int]] = set()
+        for stack, index, _ in self.layers:
+            (shared if (stack, index) in seen else seen).add((stack, index))
+        return shared
+
     def plot(self, path: Path | str, title: str = "effective rank of the up-projection update") -> None:
         """Save the heat map (layers across, checkpoints down, lighter = higher rank) as a PNG."""
         require("matplotlib", "UpdateRankRecorder.plot").use("Agg")
@@ -61,7 +74,7 @@ class UpdateRankRecorder:
 
         figure, axes = plt.subplots(figsize=(max(4.5, 1.2 + 0.5 * len(self.layers)), 1.5 + 0.3 * len(self.steps)))
         image = axes.imshow(self.ranks, aspect="auto", cmap="viridis")
-        axes.set_xticks(range(len(self.layers)), [str(index) for _, index in self.layers])
+        axes.set_xticks(range(len(self.layers)), self.labels(), rotation=90 if self._shared_layers() else 0)
         axes.set_yticks(range(len(self.steps)), [str(step) for step in self.steps])
         axes.set_xlabel("layer")
         axes.set_ylabel("training step")
@@ -72,14 +85,21 @@ class UpdateRankRecorder:
         plt.close(figure)
 
 
-def _up_weights(model: torch.nn.Module) -> dict[tuple[str, int], torch.Tensor]:
+def _up_weights(model: torch.nn.Module) -> dict[tuple[str, int, str], torch.Tensor]:
     """The up projection of every dense MLP (the paper's W^(1); the last up-side module, up_proj of a gated MLP),
-    as detached float32 copies; fused experts are left out (one matrix per expert, not one per layer)."""
+    as detached float32 copies, keyed by (stack, layer, MLP path in the layer) so that a layer with several dense
+    MLPs keeps one column each; fused experts are left out (one matrix per expert, not one per layer)."""
     return {
-        (mlp.stack, mlp.index): model.get_submodule(mlp.up[-1]).weight.detach().float().clone()
+        (mlp.stack, mlp.index, _inside_layer(mlp)): model.get_submodule(mlp.up[-1]).weight.detach().float().clone()
         for mlp in find_mlps(model)
         if not mlp.experts
     }
+
+
+def _inside_layer(mlp: GrownMLP) -> str:
+    """`model.layers.3.mlps.1.up_proj` -> `mlps.1`: where the MLP sits inside its layer."""
+    prefix = f"{mlp.stack}.{mlp.index}."
+    return mlp.up[-1].removeprefix(prefix).rpartition(".")[0]
 
 
 def update_rank_callback(recorder: UpdateRankRecorder, every: int) -> TrainerCallback:
