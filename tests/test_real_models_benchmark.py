@@ -116,6 +116,23 @@ def test_kept_weights_reload_as_a_full_checkpoint_or_an_adapter(finished):
     assert config["peft_type"] == "GROW"
 
 
+def test_update_ranks_of_the_kept_full_fine_tunes(finished, capsys):
+    """benchmarks.real_update_ranks reads every kept full fine-tune (not the adapters) and writes one row of
+    per-layer effective ranks per task and run, each between 0 and the up projection's rank."""
+    from benchmarks import real_update_ranks
+
+    results = finished.parents[1]
+    where = ["--weights", str(results / "weights"), "--results", str(results)]
+    real_update_ranks.main(["--model", "stories", "--model-dir", str(MODEL), *where])
+    written = json.loads((results / "stories" / "update_ranks.json").read_text())
+    layers = AutoModelForCausalLM.from_pretrained(MODEL).config.num_hidden_layers
+    assert list(written["runs"]) == ["qasc full_lr1e-03_s0"]
+    ranks = list(written["runs"]["qasc full_lr1e-03_s0"].values())
+    assert len(ranks) == layers and all(0 < rank <= written["bound"] for rank in ranks), written
+    assert (results / "stories" / "update_ranks.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| qasc full_lr1e-03_s0 |" in capsys.readouterr().out
+
+
 def test_a_rerun_skips_finished_runs(data, finished, capsys):
     before = {p: p.stat().st_mtime_ns for p in finished.glob("*.json")}
     real_models.main(run_args(data, finished.parents[1], "--runs", "full@1e-3"))

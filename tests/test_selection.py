@@ -89,6 +89,23 @@ def test_gradient_ranking_statistics():
         gradient_ranking(model, batches(model), statistic="fisher")
 
 
+def test_update_ranks_between_a_base_and_its_fine_tune():
+    import copy
+
+    from peft_grow.analysis import update_ranks
+
+    base = tiny_model("llama")
+    tuned = copy.deepcopy(base)
+    assert set(update_ranks(base, tuned).values()) == {0.0}
+    up = tuned.model.layers[1].mlp.up_proj.weight
+    with torch.no_grad():  # equal singular values along two orthogonal directions: effective rank 2
+        up += torch.outer(torch.eye(up.shape[0])[0], torch.eye(up.shape[1])[0])
+        up += torch.outer(torch.eye(up.shape[0])[1], torch.eye(up.shape[1])[1])
+    assert update_ranks(base, tuned) == {"0": 0.0, "1": pytest.approx(2.0, abs=1e-4), "2": 0.0}
+    with pytest.raises(ValueError, match="same MLPs; found 3 and 2"):
+        update_ranks(base, tiny_model("llama", num_hidden_layers=2))
+
+
 def test_update_rank_recorder_and_heat_map(tmp_path):
     from transformers import Trainer, TrainingArguments
 

@@ -57,32 +57,53 @@ class UpdateRankRecorder:
     def labels(self) -> list[str]:
         """One label per column: the layer index, with the MLP's path inside the layer where a layer holds
         several dense MLPs (LongCat-Flash's `mlps.0` and `mlps.1`)."""
-        shared = self._shared_layers()
-        return [f"{index} {name}" if (stack, index) in shared else str(index) for stack, index, name in self.layers]
-
-    def _shared_layers(self) -> set[tuple[str, int]]:
-        seen: set[tuple[str, int]] = set()
-        shared: set[tuple[str, int]] = set()
-        for stack, index, _ in self.layers:
-            (shared if (stack, index) in seen else seen).add((stack, index))
-        return shared
+        return _column_labels(self.layers)
 
     def plot(self, path: Path | str, title: str = "effective rank of the up-projection update") -> None:
         """Save the heat map (layers across, checkpoints down, lighter = higher rank) as a PNG."""
-        require("matplotlib", "UpdateRankRecorder.plot").use("Agg")
-        import matplotlib.pyplot as plt
+        plot_rank_map(self.ranks, [str(step) for step in self.steps], self.labels(), path, title, "training step")
 
-        figure, axes = plt.subplots(figsize=(max(4.5, 1.2 + 0.5 * len(self.layers)), 1.5 + 0.3 * len(self.steps)))
-        image = axes.imshow(self.ranks, aspect="auto", cmap="viridis")
-        axes.set_xticks(range(len(self.layers)), self.labels(), rotation=90 if self._shared_layers() else 0)
-        axes.set_yticks(range(len(self.steps)), [str(step) for step in self.steps])
-        axes.set_xlabel("layer")
-        axes.set_ylabel("training step")
-        axes.set_title(title, fontsize=9)
-        figure.colorbar(image, ax=axes, label="effective rank")
-        figure.tight_layout()
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
+
+def plot_rank_map(
+    ranks: list[list[float]], rows: list[str], columns: list[str], path: Path | str, title: str, row_label: str
+) -> None:
+    """The paper's Figure 5 heat map: effective ranks with `columns` (layers) across and `rows` (checkpoints, or
+    runs) down, lighter = higher; saved as a PNG."""
+    require("matplotlib", "plot_rank_map").use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(max(4.5, 1.2 + 0.5 * len(columns)), 1.5 + 0.3 * len(rows)))
+    image = axes.imshow(ranks, aspect="auto", cmap="viridis")
+    axes.set_xticks(range(len(columns)), columns, rotation=90 if any(" " in c for c in columns) else 0)
+    axes.set_yticks(range(len(rows)), rows)
+    axes.set_xlabel("layer")
+    axes.set_ylabel(row_label)
+    axes.set_title(title, fontsize=9)
+    figure.colorbar(image, ax=axes, label="effective rank")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def update_ranks(before: torch.nn.Module, after: torch.nn.Module) -> dict[str, float]:
+    """Effective rank of each dense MLP's up-projection update from `before` to `after` (two models of one
+    architecture, e.g. a base and its full fine-tune), keyed by the column labels of `UpdateRankRecorder`."""
+    start, end = _up_weights(before), _up_weights(after)
+    if start.keys() != end.keys():
+        raise ValueError(
+            f"update_ranks needs two models with the same MLPs; found {len(start)} and {len(end)} dense MLPs. "
+            "Pass the base model and a fine-tune of it."
+        )
+    layers = sorted(start)
+    return dict(zip(_column_labels(layers), (effective_rank(end[key] - start[key]) for key in layers), strict=True))
+
+
+def _column_labels(layers: list[tuple[str, int, str]]) -> list[str]:
+    seen: set[tuple[str, int]] = set()
+    shared: set[tuple[str, int]] = set()
+    for stack, index, _ in layers:
+        (shared if (stack, index) in seen else seen).add((stack, index))
+    return [f"{index} {name}" if (stack, index) in shared else str(index) for stack, index, name in layers]
 
 
 def _up_weights(model: torch.nn.Module) -> dict[tuple[str, int, str], torch.Tensor]:
