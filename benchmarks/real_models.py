@@ -9,7 +9,8 @@ New tasks, as prompt/answer SFT with the loss on the answer only (peft_grow.eval
   qasc    QASC closed-book, trained on train.json (8,134), scored on dev.json: exact match of the option letter
   mathqa  MathQA, trained on dev.json (4,475; the training split is not available offline), scored on test.json:
           exact match of the option letter (the paper uses G-Train here)
-  mtnt    MTNT English to French, trained on valid (852), scored on test: SacreBLEU (for multilingual Gemma)
+  mtnt    MTNT English to French, one-shot (a hand-written pair first), trained on valid (852), scored on test:
+          SacreBLEU of the first line (for multilingual Gemma)
 
 Retention: zero-shot accuracy on the packaged lm-eval tasks (peft_grow/evaluation/tasks: WinoGrande, ARC-Easy,
 BoolQ, COPA, OpenBookQA, CommonsenseQA), read from the original files in the task data folder (--data, else

@@ -170,6 +170,10 @@ def test_mtnt_examples_parse_the_original_file():
     assert len(examples) == 20
     assert examples[0].prompt == "Translate English to French.\nEnglish: yea\nFrench:"
     assert examples[0].answer == "Oui"
+    shown = ev.mtnt_examples(DATA / "mtnt" / "valid.en-fr.tsv", one_shot=True)[0]
+    english, french = ev.MTNT_DEMONSTRATION
+    assert shown.prompt == f"Translate English to French.\nEnglish: {english}\nFrench: {french}\nEnglish: yea\nFrench:"
+    assert shown.answer == "Oui"
 
 
 def test_example_builders_name_a_missing_file(tmp_path):
@@ -235,6 +239,14 @@ def test_generate_answers_reproduces_the_published_sample(model, tokenizer):
     # left padding is right: each prompt alone gives the same continuation
     assert batched == [ev.generate_answers(model, tokenizer, [p], max_new_tokens=10)[0] for p in prompts]
     assert tokenizer.pad_token is None  # not modified
+
+
+def test_generation_stops_at_a_stop_string_with_the_same_text_before_it(model, tokenizer):
+    prompts = ["Once upon a time", "The cat", "Lily went to the park and she saw a big"]
+    whole = ev.generate_answers(model, tokenizer, prompts, max_new_tokens=40, batch_size=3)
+    stopped = ev.generate_answers(model, tokenizer, prompts, max_new_tokens=40, batch_size=3, stop=(".",))
+    assert all("." in text for text in whole)
+    assert stopped == [text[: text.index(".") + 1] for text in whole]
 
 
 def test_generate_answers_on_a_peft_model_and_a_random_tiny_model(model, tokenizer):

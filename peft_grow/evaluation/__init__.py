@@ -18,6 +18,7 @@ the functions that need them.
 from .data import (
     DATA_ENV,
     MATHQA_LETTERS,
+    MTNT_DEMONSTRATION,
     QASC_LETTERS,
     RETENTION_TASKS,
     TASK_FILES,
@@ -47,6 +48,7 @@ __all__ = [
     "DEFAULT_RETENTION_TASKS",
     "MATHQA_LETTERS",
     "METRICS",
+    "MTNT_DEMONSTRATION",
     "QASC_LETTERS",
     "RETENTION_TASKS",
     "TASKS_DIR",

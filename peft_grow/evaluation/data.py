@@ -176,11 +176,21 @@ def mathqa_examples(path: str | os.PathLike) -> list[Example]:
     return examples
 
 
-def mtnt_examples(path: str | os.PathLike) -> list[Example]:
+# A hand-written pair, not from MTNT, that a one-shot MTNT prompt shows before the sentence: without it a small
+# base model mostly copies the English line (docs/evaluation.md gives the scores).
+MTNT_DEMONSTRATION = (
+    "I am not sure this is a good idea, but let us try it.",
+    "Je ne suis pas sûr que ce soit une bonne idée, mais essayons.",
+)
+
+
+def mtnt_examples(path: str | os.PathLike, one_shot: bool = False) -> list[Example]:
     """MTNT en-fr (*.en-fr.tsv: id, English, French): "English: ...\\nFrench:" -> the French sentence.
 
-    Fields are split on tabs only (no CSV quoting): the Reddit text holds quotes of its own.
+    one_shot=True shows MTNT_DEMONSTRATION's English and French lines first. Fields are split on tabs only (no CSV
+    quoting): the Reddit text holds quotes of its own.
     """
+    shot = "English: {}\nFrench: {}\n".format(*MTNT_DEMONSTRATION) if one_shot else ""
     path = Path(path)
     if not path.is_file():
         raise MissingDataError(f"Expected the MTNT file {path}; it does not exist. {_LAYOUT_HINT.capitalize()}.")
@@ -193,5 +203,5 @@ def mtnt_examples(path: str | os.PathLike) -> list[Example]:
             raise ValueError(
                 f"{path} line {number}: expected 3 tab-separated columns (id, English, French), found {len(columns)}."
             )
-        examples.append(Example(f"Translate English to French.\nEnglish: {columns[1]}\nFrench:", columns[2]))
+        examples.append(Example(f"Translate English to French.\n{shot}English: {columns[1]}\nFrench:", columns[2]))
     return examples

@@ -42,11 +42,13 @@ def generate_answers(
     prompts: Sequence[str],
     max_new_tokens: int = 16,
     batch_size: int = 8,
+    stop: Sequence[str] = (),
 ) -> list[str]:
     """Greedy continuations of `prompts`: only the new text, special tokens dropped.
 
     Prompts are encoded with the tokenizer's own special tokens and left-padded by hand, so a tokenizer
-    without a pad token works and is not modified. Works for a PeftModel (adapter on) and a plain model.
+    without a pad token works and is not modified. Works for a PeftModel (adapter on) and a plain model. A
+    continuation ends at EOS, after `max_new_tokens`, or once it ends with one of the `stop` strings (kept).
     """
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings, not a single string.")
@@ -65,6 +67,7 @@ def generate_answers(
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=pad,
+                **({"stop_strings": list(stop), "tokenizer": tokenizer} if stop else {}),
             )
             answers += tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
     return answers
@@ -81,13 +84,15 @@ def score_generation(
     """Generate an answer to every example and score it: "exact_match" or "choice" in [0, 1], "bleu" 0-100.
 
     "choice" compares option letters (extract_choice), the fair reading of "(F) local weather" against "F";
-    "bleu" scores the first line of each generation. max_new_tokens defaults to 16, or 128 for "bleu".
+    "bleu" scores the first line of each generation, which stops at its first newline. max_new_tokens defaults
+    to 16, or 128 for "bleu".
     """
     if metric not in METRICS:
         raise ValueError(f"Unknown metric {metric!r}: expected one of {METRICS}.")
     if max_new_tokens is None:
         max_new_tokens = 128 if metric == "bleu" else 16
-    predictions = generate_answers(model, tokenizer, [e.prompt for e in examples], max_new_tokens, batch_size)
+    stop = ("\n",) if metric == "bleu" else ()
+    predictions = generate_answers(model, tokenizer, [e.prompt for e in examples], max_new_tokens, batch_size, stop)
     references = [e.answer for e in examples]
     if metric == "bleu":
         return bleu([p.strip().split("\n", 1)[0].strip() for p in predictions], references)
