@@ -233,6 +233,13 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
 
 
+def fmt_seeds(values: list[float], scale: float = 100.0, signed: bool = False) -> str:
+    """Mean ± standard error over seeds; a single seed has no standard error, and says so."""
+    if len(values) > 1:
+        return fmt(mean_se(values), scale, signed)
+    return (f"{values[0] * scale:+.1f}" if signed else f"{values[0] * scale:.1f}") + " (one seed)"
+
+
 def over_seeds(runs: list[Run], best: dict[str, Run], base: Point, tasks: list[str], scale: float) -> tuple:
     """Each method at its best rate, over every seed run there: final score, retention change where each seed's
     run first reaches 90% of full fine-tuning's mean final score, and that change as a share of full fine-tuning's
@@ -254,9 +261,9 @@ def over_seeds(runs: list[Run], best: dict[str, Run], base: Point, tasks: list[s
                 label(method),
                 f"{best[method].lr:.0e}",
                 f"{len(seeds[method])} ({len(reached)} reach it)",
-                fmt(finals, scale),
-                fmt(mean_se(drops), signed=True) if drops else "never",
-                fmt(mean_se(shares), scale=1.0) if shares and method != "full" else ("1" if method == "full" else ""),
+                fmt_seeds([r.final.score for r in seeds[method]], scale),
+                fmt_seeds(drops, signed=True) if drops else "never",
+                fmt_seeds(shares, scale=1.0) if shares and method != "full" else ("1" if method == "full" else ""),
             ]
         )
     return rows, found | {"level": level}
