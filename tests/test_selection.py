@@ -102,7 +102,8 @@ def test_update_ranks_between_a_base_and_its_fine_tune():
         up += torch.outer(torch.eye(up.shape[0])[0], torch.eye(up.shape[1])[0])
         up += torch.outer(torch.eye(up.shape[0])[1], torch.eye(up.shape[1])[1])
     assert update_ranks(base, tuned) == {"0": 0.0, "1": pytest.approx(2.0, abs=1e-4), "2": 0.0}
-    with pytest.raises(ValueError, match="same MLPs; found 3 and 2"):
+    differing = r"same dense MLPs; found 3 and 2, differing at \[\('model.layers', 2, 'mlp'\)\]"
+    with pytest.raises(ValueError, match=differing):
         update_ranks(base, tiny_model("llama", num_hidden_layers=2))
 
 

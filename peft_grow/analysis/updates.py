@@ -90,9 +90,10 @@ def update_ranks(before: torch.nn.Module, after: torch.nn.Module) -> dict[str, f
     architecture, e.g. a base and its full fine-tune), keyed by the column labels of `UpdateRankRecorder`."""
     start, end = _up_weights(before), _up_weights(after)
     if start.keys() != end.keys():
+        differing = sorted(start.keys() ^ end.keys())[:3]
         raise ValueError(
-            f"update_ranks needs two models with the same MLPs; found {len(start)} and {len(end)} dense MLPs. "
-            "Pass the base model and a fine-tune of it."
+            f"update_ranks needs two models with the same dense MLPs; found {len(start)} and {len(end)}, differing "
+            f"at {differing}. Pass the base model and a fine-tune of it."
         )
     layers = sorted(start)
     return dict(zip(_column_labels(layers), (effective_rank(end[key] - start[key]) for key in layers), strict=True))
