@@ -23,6 +23,7 @@ from .real_models_setup import MODELS, RESULTS, default_cache
 FULL_RUN = re.compile(r"full_lr[0-9e.+-]+_s\d+")  # full fine-tunes without a guard: the paper's updates
 
 
+@torch.no_grad()
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help=f"{', '.join(MODELS)}, or any name with --model-dir")
@@ -31,7 +32,6 @@ def main(argv: list[str] | None = None) -> None:
                         help="the --keep-weights folder of the runs (default: %(default)s)")  # fmt: skip
     parser.add_argument("--results", type=Path, default=RESULTS / "cpu")
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
     runs = sorted(
         folder for folder in (args.weights / args.model).glob("*/*") if FULL_RUN.fullmatch(folder.name)
     )  # <task>/<run>

@@ -124,6 +124,7 @@ def test_update_ranks_of_the_kept_full_fine_tunes(finished, capsys):
     results = finished.parents[1]
     where = ["--weights", str(results / "weights"), "--results", str(results)]
     real_update_ranks.main(["--model", "stories", "--model-dir", str(MODEL), *where])
+    assert torch.is_grad_enabled()  # the command leaves the process's autograd state as it found it
     written = json.loads((results / "stories" / "update_ranks.json").read_text())
     layers = AutoModelForCausalLM.from_pretrained(MODEL).config.num_hidden_layers
     assert list(written["runs"]) == ["qasc full_lr1e-03_s0"]
