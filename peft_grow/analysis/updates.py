@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._extras import require
-from ..tuner.architectures import GrownMLP, find_mlps
+from ..tuner.architectures import GrownMLP, find_mlps, split_module_name
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -119,9 +119,10 @@ def _up_weights(model: torch.nn.Module) -> dict[tuple[str, int, str], torch.Tens
 
 
 def _inside_layer(mlp: GrownMLP) -> str:
-    """`model.layers.3.mlps.1.up_proj` -> `mlps.1`: where the MLP sits inside its layer."""
-    prefix = f"{mlp.stack}.{mlp.index}."
-    return mlp.up[-1].removeprefix(prefix).rpartition(".")[0]
+    """`model.layers.3.mlps.1.up_proj` -> `mlps.1`: where the MLP sits inside its layer (its parent's path, for an
+    MLP outside any numbered stack)."""
+    split = split_module_name(mlp.up[-1])
+    return (split[2] if split is not None else mlp.up[-1]).rpartition(".")[0]
 
 
 def update_rank_callback(recorder: UpdateRankRecorder, every: int) -> TrainerCallback:
