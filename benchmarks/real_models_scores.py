@@ -15,11 +15,10 @@ from .real_models_tasks import TASKS
 def task_score(model, tokenizer, examples: list[ev.Example], task: str, batch_size: int) -> dict:
     """The new-task score (exact match in [0, 1], or SacreBLEU 0-100), with per-question correctness for EM."""
     spec = TASKS[task]
-    prompts = [e.prompt for e in examples]
-    predictions = ev.generate_answers(model, tokenizer, prompts, spec.max_new_tokens, batch_size, spec.stop)
-    if spec.metric == "bleu":
-        lines = [p.strip().split("\n", 1)[0].strip() for p in predictions]
-        return {"score": ev.bleu(lines, [e.answer for e in examples]), "n": len(examples)}
+    if spec.metric == "bleu":  # the package's BLEU scoring: generation up to the first newline, that line scored
+        score = ev.score_generation(model, tokenizer, examples, "bleu", spec.max_new_tokens, batch_size)
+        return {"score": score, "n": len(examples)}
+    predictions = ev.generate_answers(model, tokenizer, [e.prompt for e in examples], spec.max_new_tokens, batch_size)
     correct = [
         int(ev.normalize_answer(p) == ev.normalize_answer(e.answer)) for p, e in zip(predictions, examples, strict=True)
     ]

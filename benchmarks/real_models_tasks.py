@@ -21,7 +21,6 @@ class Task:
     read: Callable[[Path], list[ev.Example]]  # the peft_grow.evaluation reader of its files
     metric: str  # "exact_match" or "bleu"
     max_new_tokens: int
-    stop: tuple[str, ...] = ()  # generation ends at these strings (BLEU scores the first line only)
 
 
 TASKS = {
@@ -30,9 +29,7 @@ TASKS = {
         "qasc/train.json", "qasc/dev.json", partial(ev.qasc_examples, with_facts=True), "exact_match", 4
     ),
     "mathqa": Task("mathqa/dev.json", "mathqa/test.json", ev.mathqa_examples, "exact_match", 4),
-    "mtnt": Task(
-        "mtnt/valid.en-fr.tsv", "mtnt/test.en-fr.tsv", partial(ev.mtnt_examples, one_shot=True), "bleu", 96, ("\n",)
-    ),
+    "mtnt": Task("mtnt/valid.en-fr.tsv", "mtnt/test.en-fr.tsv", partial(ev.mtnt_examples, one_shot=True), "bleu", 96),
 }
 
 
