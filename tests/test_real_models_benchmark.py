@@ -322,3 +322,25 @@ def test_seeds_are_read_at_90_percent_of_full_fine_tunings_mean_score_against_th
     one = report.over_seeds(runs[:2] + runs[2:3], best, base, ["copa"], 100.0)[0][1]  # a method with one seed
     assert one[3:] == ["100.0 (one seed)", "-18.0 (one seed)", "0.5 (one seed)"]
     assert report.over_seeds(runs[:1] + runs[2:3], best, base, ["copa"], 100.0) == ([], {})  # one seed each
+
+
+def test_each_later_seed_is_read_alone_at_the_lowest_final_score_of_its_own_runs():
+    def point(step, score, kept):
+        return report.Point(step, score, 10, {"copa": [1.0] * kept + [0.0] * (10 - kept)})
+
+    base = point(0, 0.0, 10)
+
+    def run(method, seed, final, kept, lr=1e-4):
+        return report.Run(method, lr, seed, 1, 1, "done", 1.0, {}, [base, point(100, final, kept)])
+
+    runs = [run("full", 0, 1.0, 6), run("g-freeze", 0, 1.0, 8), run("full", 1, 1.0, 6), run("g-freeze", 1, 0.5, 9)]
+    runs.append(run("g-freeze", 1, 0.9, 9, lr=1e-3))  # not at the method's best rate: left out
+    runs.append(run("full", 2, 1.0, 6))  # a seed with full fine-tuning alone: nothing to compare
+    best = {"full": runs[0], "g-freeze": runs[1]}
+    reading = report.Reading(base, ["copa"], 100.0, "EM %", "exact_match")
+    summary = {}
+    lines = report.per_seed(runs, best, reading, summary)
+    assert list(summary["per_seed"]) == [1] and lines[0].startswith("**Seed 1 alone**") and "50.0 EM %" in lines[0]
+    # at 0.5: full fine-tuning, halfway to step 100, has lost 20 points; growth, at its end, 10
+    assert summary["per_seed"][1]["full"]["drop_at_level"][0] == pytest.approx(-0.2)
+    assert summary["per_seed"][1]["g-freeze"]["share_of_full_drop"][0] == pytest.approx(0.5)
