@@ -241,9 +241,10 @@ def fmt_seeds(values: list[float], scale: float = 100.0, signed: bool = False) -
 
 
 def over_seeds(runs: list[Run], best: dict[str, Run], base: Point, tasks: list[str], scale: float) -> tuple:
-    """Each method at its best rate, over every seed run there: final score, retention change where each seed's
-    run first reaches 90% of full fine-tuning's mean final score, and that change as a share of full fine-tuning's
-    of the same seed (mean ± standard error over seeds). Rows only where some method has several seeds."""
+    """Each method at its best rate, over every seed run there: final score and retention, the retention change
+    where each seed's run first reaches 90% of full fine-tuning's mean final score, and that change as a share of
+    full fine-tuning's of the same seed (mean ± standard error over seeds). Rows only where some method has
+    several seeds."""
     seeds = {m: [r for r in runs if r.method == m and r.lr == best[m].lr] for m in best}
     if max(map(len, seeds.values())) < 2:
         return [], {}
@@ -262,6 +263,7 @@ def over_seeds(runs: list[Run], best: dict[str, Run], base: Point, tasks: list[s
                 f"{best[method].lr:.0e}",
                 f"{len(seeds[method])} ({len(reached)} reach it)",
                 fmt_seeds([r.final.score for r in seeds[method]], scale),
+                fmt_seeds([r.final.retention(tasks) for r in seeds[method]]),
                 fmt_seeds(drops, signed=True) if drops else "never",
                 fmt_seeds(shares, scale=1.0) if shares and method != "full" else ("1" if method == "full" else ""),
             ]
@@ -389,7 +391,16 @@ def fair_reading(runs: list[Run], best: dict[str, Run], reading: Reading, summar
             "mean ± standard error over seeds, each share against full fine-tuning's drop of the same seed):",
             "",
             markdown_table(
-                ["method", "lr", "seeds", f"new task, end ({unit})", "retention change at level", "share"], rows
+                [
+                    "method",
+                    "lr",
+                    "seeds",
+                    f"new task, end ({unit})",
+                    "retention, end %",
+                    "retention change at level",
+                    "share",
+                ],
+                rows,
             ),
             "",
         ]

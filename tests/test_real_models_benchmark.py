@@ -318,9 +318,10 @@ def test_seeds_are_read_at_90_percent_of_full_fine_tunings_mean_score_against_th
     assert found["full"]["drops"] == pytest.approx([-0.36, -0.18])  # at 90% of the way to step 100
     # g-freeze seeds 0 and 1 have a full fine-tuning run of the same seed: shares 0.5 and 0.5; seed 2 has none
     assert found["g-freeze"]["shares"] == pytest.approx([0.5, 0.5])
-    assert rows[1][:3] == ["G-Freeze all", "1e-04", "3 (3 reach it)"] and rows[1][5] == "0.5 ± 0.0"
+    assert rows[1][:3] == ["G-Freeze all", "1e-04", "3 (3 reach it)"] and rows[1][6] == "0.5 ± 0.0"
+    assert rows[0][4] == "70.0 ± 10.0"  # full fine-tuning's final retention over its two seeds
     one = report.over_seeds(runs[:2] + runs[2:3], best, base, ["copa"], 100.0)[0][1]  # a method with one seed
-    assert one[3:] == ["100.0 (one seed)", "-18.0 (one seed)", "0.5 (one seed)"]
+    assert one[3:] == ["100.0 (one seed)", "80.0 (one seed)", "-18.0 (one seed)", "0.5 (one seed)"]
     assert report.over_seeds(runs[:1] + runs[2:3], best, base, ["copa"], 100.0) == ([], {})  # one seed each
 
 
