@@ -6,12 +6,15 @@ picks its line-up from it, with its own names, labels and learning-rate grids wh
 LoRA's configuration, trainable-parameter counts, the LoRA rank matched to G-Freeze, Pareto fronts and tables.
 
 A method's `build(base, context)` reads what the benchmark computed first from `context`: `layers` (the pilot
-ranking's top layers) and `lora_rank` (matched_lora_rank).
+ranking's top layers), `lora_rank` (matched_lora_rank) and `rankings` (every layer, best first, per ranking).
+Beyond the table, `method("g-freeze-<ranking>-<N>")` is G-Freeze on the top N layers of the pilot, proxy or random
+ranking: the layer counts of the paper's Figure 4.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -57,6 +60,36 @@ METHODS = {
         "zero-init growth", lambda base, ctx: get_peft_model(base, GrowConfig(k=2, mode="freeze", init="zero"))
     ),
 }
+
+
+LAYER_RANKINGS = ("pilot", "proxy", "random")  # the paper's pilot run, the gradient proxy, a fixed random order
+_LAYER_COUNT = re.compile(rf"g-freeze-({'|'.join(LAYER_RANKINGS)})-([1-9][0-9]*)")
+
+
+def layer_count(name: str) -> tuple[str, int] | None:
+    """(ranking, N) of a layer-count method's name (`g-freeze-proxy-3`), None for any other name."""
+    found = _LAYER_COUNT.fullmatch(name)
+    return (found[1], int(found[2])) if found else None
+
+
+def method(name: str) -> Method:
+    """METHODS[name], or for `g-freeze-<ranking>-<N>` G-Freeze on the top N layers of that ranking."""
+    if name in METHODS:
+        return METHODS[name]
+    if (count := layer_count(name)) is None:
+        raise KeyError(
+            f"unknown method {name!r}: expected one of {', '.join(METHODS)} or g-freeze-<ranking>-<N> with ranking "
+            f"one of {', '.join(LAYER_RANKINGS)} (e.g. g-freeze-pilot-3)"
+        )
+    ranking, n = count
+
+    def build(base: torch.nn.Module, ctx: dict) -> torch.nn.Module:
+        order = ctx["rankings"][ranking]
+        if n > len(order):
+            raise ValueError(f"{name} grows {n} layers, but the model has {len(order)}; use N of at most {len(order)}.")
+        return get_peft_model(base, GrowConfig(layers=sorted(order[:n]), k=2))
+
+    return Method(f"G-Freeze {n} layers ({ranking})", build)
 
 
 def trainable(model: torch.nn.Module) -> int:

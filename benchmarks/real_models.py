@@ -21,7 +21,9 @@ questions.
 
 Methods (METHODS in benchmarks/methods.py): full fine-tuning; LoRA r=16 and LoRA at the rank matched to G-Freeze
 on every layer; G-Freeze (k=2) on every layer and on the top third of layers by the paper's pilot ranking; G-Train
-with and without symmetry_noise; the zero-init growth baseline. Every run: AdamW without weight decay (Adam),
+with and without symmetry_noise; the zero-init growth baseline; and for the paper's Figure 4, G-Freeze on the top N
+layers of the pilot ranking, of the gradient proxy's or of a fixed random order (`g-freeze-pilot-3`,
+`g-freeze-proxy-3`, `g-freeze-random-3`). Every run: AdamW without weight decay (Adam),
 constant rate, clipped gradients, the same data order for every method at a seed, evaluated every `--eval-every`
 steps. Each (model, task, method, rate, seed) run writes its own JSON to docs/results/real_models/<model>/<task>/
 with its curve, wall times and where it ran; a rerun skips finished runs, and a lock file per run lets several
@@ -61,7 +63,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from peft_grow import evaluation as ev  # noqa: E402
 
 from . import guarded  # noqa: E402
-from .methods import METHODS  # noqa: E402
+from .methods import LAYER_RANKINGS, METHODS, layer_count  # noqa: E402
 from .real_models_runner import cmd_baseline, cmd_run  # noqa: E402
 from .real_models_setup import MODELS, RESULTS, default_cache, default_data, pick_device  # noqa: E402
 from .real_models_tasks import TASKS  # noqa: E402
@@ -73,8 +75,11 @@ def parse_run(text: str, parser: argparse.ArgumentParser) -> tuple[str, float]:
         lr = float(rate)
     except ValueError:
         lr = None
-    if method not in METHODS or lr is None:
-        parser.error(f"--runs takes METHOD@LR with METHOD one of {', '.join(METHODS)}, e.g. full@1e-4; got {text!r}")
+    if (method not in METHODS and not layer_count(method)) or lr is None:
+        parser.error(
+            f"--runs takes METHOD@LR with METHOD one of {', '.join(METHODS)} or g-freeze-<ranking>-<N> (ranking one "
+            f"of {', '.join(LAYER_RANKINGS)}: G-Freeze on its top N layers), e.g. full@1e-4; got {text!r}"
+        )
     return method, lr
 
 
@@ -125,6 +130,9 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--retention-limit", type=int, default=300, help="questions per retention task (default 300)")
     run.add_argument("--pilot-steps", type=int, default=20, help="full fine-tuning steps of the layer ranking")
+    run.add_argument(
+        "--proxy-batches", type=int, default=4, help="batches of the gradient proxy's ranking (g-freeze-proxy-N)"
+    )
     run.add_argument(
         "--keep-weights", type=Path, metavar="DIR", help="save each run's trained weights under DIR/<model>/<task>/"
     )

@@ -10,6 +10,9 @@ For every folder <model>/<task>/ of runs under docs/results/real_models (one tre
   each method shows there (the question users ask: at the same new-task score, how much of what full fine-tuning
   forgets does the method forget?);
 * the Pareto front of every run (final new-task score against final retention);
+* how many layers (the paper's Figure 4), where there are layer-count runs (`g-freeze-pilot-3`, ...): G-Freeze on
+  the top N layers of each ranking, final new-task score and retention, beside the top third and every layer at
+  the same rate; these runs stay out of the other tables;
 * figures: new-task score and retention over steps per method (the paper's Figure 2), and every run's end point.
 
 Retention is the mean accuracy over the retention tasks on which the base model is clearly above chance (the
@@ -30,7 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .methods import METHODS, markdown_table, pareto_front
+from .methods import LAYER_RANKINGS, METHODS, layer_count, markdown_table, pareto_front
+from .methods import method as method_named
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "real_models"
@@ -42,15 +46,18 @@ def label(method: str) -> str:
     """A run's method as the tables name it; a guarded run (`g-freeze+kl-self-w1`) adds its guard's settings."""
     name, _, guard = method.partition("+kl-")
     if not guard:
-        return LABELS[name]
+        return method_named(name).label
     source, *settings = guard.split("-")
-    return f"{LABELS[name]} + KL ({source}, " + ", ".join(f"{s[0]}={s[1:]}" for s in settings) + ")"
+    return f"{method_named(name).label} + KL ({source}, " + ", ".join(f"{s[0]}={s[1:]}" for s in settings) + ")"
 
 
-def order(method: str) -> tuple[int, str]:
-    """Tables list methods in LABELS's order, each one's guarded runs right after it."""
+def order(method: str) -> tuple[int, int, str]:
+    """Tables list methods in LABELS's order, each one's guarded runs right after it; layer counts last, by
+    ranking and count."""
     name, _, guard = method.partition("+kl-")
-    return list(LABELS).index(name), guard
+    if count := layer_count(name):
+        return len(LABELS) + LAYER_RANKINGS.index(count[0]), count[1], guard
+    return list(LABELS).index(name), 0, guard
 
 
 @dataclass
@@ -299,6 +306,8 @@ class Reading:
 
 def report(folder: Path, tasks: list[str], metric: str, unfinished: bool = False) -> tuple[str, dict]:
     runs = [r for r in load_runs(folder) if r.status == "done" or unfinished]
+    counted = [r for r in runs if layer_count(r.method)]
+    runs = [r for r in runs if r not in counted]
     if not runs:
         return f"(no finished runs in {folder})", {}
     base = runs[0].curve[0]
@@ -332,6 +341,10 @@ def report(folder: Path, tasks: list[str], metric: str, unfinished: bool = False
     )
     summary["pareto"] = [[r.method, r.lr, r.seed] for r in front]
     plot(folder, runs, best, tasks, reading.scale, reading.unit)
+    if counted:
+        layers = len(json.loads((folder / "context.json").read_text(encoding="utf-8"))["rankings"]["pilot"])
+        lines += ["", *layer_counts(counted, runs, layers, reading, summary)]
+        plot_layer_counts(folder, summary["layer_counts"], reading.unit)
     return "\n".join(lines), summary
 
 
@@ -437,6 +450,78 @@ def per_seed(runs: list[Run], best: dict[str, Run], reading: Reading, summary: d
             "",
         ]
     return lines
+
+
+def layer_counts(counted: list[Run], runs: list[Run], layers: int, reading: Reading, summary: dict) -> list[str]:
+    """Seed 0's layer-count runs per rate, each ranking's top N beside the top third (pilot) and every layer."""
+    base, tasks, scale = reading.base, reading.tasks, reading.scale
+    lines, found = [], []
+    for lr in sorted({r.lr for r in counted}):
+        at = {r.method: r for r in runs + counted if r.lr == lr and r.seed == 0 and "+kl-" not in r.method}
+        rows = [(*layer_count(m), r) for m, r in at.items() if layer_count(m)]
+        if "g-freeze-top" in at and f"g-freeze-pilot-{max(1, layers // 3)}" not in at:
+            rows.append(("pilot", max(1, layers // 3), at["g-freeze-top"]))
+        if "g-freeze" in at:
+            rows.append(("every layer", layers, at["g-freeze"]))
+        rows.sort(key=lambda row: (row[1], row[0]))
+        table = [
+            [
+                ranking,
+                str(n),
+                f"{r.trainable:,}",
+                fmt(reading.score_se(r.final), scale),
+                f"{r.final.retention(tasks) * 100:.1f}",
+                fmt(change(r.final, base, tasks), signed=True),
+            ]
+            for ranking, n, r in rows
+        ]
+        found += [
+            {
+                "lr": lr,
+                "ranking": ranking,
+                "layers": n,
+                "score": r.final.score * scale,
+                "retention": r.final.retention(tasks) * 100,
+            }
+            for ranking, n, r in rows
+        ]
+        header = ["ranking", "layers", "trainable", f"new task, end ({reading.unit})", "retention, end %"]
+        lines += [
+            f"**How many layers** (G-Freeze on the top N of {layers} layers by each ranking, lr {lr:.0e}, seed 0; "
+            "the paper's Figure 4):",
+            "",
+            markdown_table([*header, "retention change (points)"], table),
+            "",
+        ]
+    summary["layer_counts"] = found
+    return lines
+
+
+def plot_layer_counts(folder: Path, found: list[dict], unit: str) -> None:
+    """layers.png: final new-task score and retention against the number of grown layers, a line per ranking
+    and rate (every layer's point shared by all)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for lr in sorted({f["lr"] for f in found}):
+        at = [f for f in found if f["lr"] == lr]
+        every = [f for f in at if f["ranking"] == "every layer"]
+        for ranking in LAYER_RANKINGS:
+            own = sorted([f for f in at if f["ranking"] == ranking] + every, key=lambda f: f["layers"])
+            if len(own) > len(every):
+                counts = [f["layers"] for f in own]
+                for ax, key in zip(axes, ("score", "retention"), strict=True):
+                    ax.plot(counts, [f[key] for f in own], marker="o", label=f"{ranking} ({lr:.0e})")
+    axes[0].set(xlabel="grown layers", ylabel=f"new task, end ({unit})")
+    axes[1].set(xlabel="grown layers", ylabel="retention, end (%)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{folder.parent.name} / {folder.name}: G-Freeze on the top N layers of each ranking")
+    fig.tight_layout()
+    fig.savefig(folder / "layers.png", dpi=80)
+    plt.close(fig)
 
 
 def plot(folder: Path, runs: list[Run], best: dict[str, Run], tasks: list[str], scale: float, unit: str) -> None:

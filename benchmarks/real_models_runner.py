@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from peft_grow import evaluation as ev
-from peft_grow.analysis.selection import pilot_ranking, top_layers
+from peft_grow.analysis.selection import gradient_ranking, pilot_ranking, top_layers
 
 from . import real_models_scores as scores  # through the module, so that tests can stand in for evaluate
-from .methods import matched_lora_rank
+from .methods import layer_count, matched_lora_rank
 from .real_models_checkpoints import write_json
 from .real_models_setup import Setup, load, pick_device, where
 from .real_models_tasks import batches, encode, full_label_batch, read_examples, spread
@@ -93,25 +93,48 @@ def base_point(setup: Setup, folder: Path) -> dict:
     return point
 
 
-def context(setup: Setup, folder: Path) -> dict:
-    """The pilot's top third of layers (the paper's heuristic) and the matched LoRA rank, computed once per task."""
+def context(setup: Setup, folder: Path, rankings: bool = False) -> dict:
+    """The pilot's top third of layers (the paper's heuristic) and the matched LoRA rank, computed once per task;
+    with `rankings`, also every layer in the order of each ranking (added to an earlier context.json, whose pilot
+    scores give the pilot's order)."""
     path = folder / "context.json"
-    if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
-    layers = setup.base.config.num_hidden_layers
-    model = copy.deepcopy(setup.base).to(setup.device)
-    pad = ev.pad_token_id(setup.tokenizer)
-    data = batches(setup.train, setup.args.batch, 0, pad, setup.args.max_len)
-    steps = setup.args.pilot_steps
-    pilot = ({k: v.to(setup.device) for k, v in full_label_batch(next(data)).items()} for _ in range(steps))
-    scores = pilot_ranking(model, pilot, steps=steps, lr=1e-4)
-    found = {
-        "top": sorted(top_layers(scores, max(1, layers // 3))),
-        "pilot": {"steps": steps, "lr": 1e-4, "scores": {str(i): s for (_, i), s in scores.scores.items()}},
-        "lora_rank": matched_lora_rank(setup.base),
-    }
+    found = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if found and (found.get("rankings") or not rankings):
+        return found
+    if not found:
+        steps = setup.args.pilot_steps
+        model = copy.deepcopy(setup.base).to(setup.device)
+        pilot = first_batches(setup, steps)
+        scores = pilot_ranking(model, pilot, steps=steps, lr=1e-4)
+        layers = setup.base.config.num_hidden_layers
+        found = {
+            "top": sorted(top_layers(scores, max(1, layers // 3))),
+            "pilot": {"steps": steps, "lr": 1e-4, "scores": {str(i): s for (_, i), s in scores.scores.items()}},
+            "lora_rank": matched_lora_rank(setup.base),
+        }
+    if rankings:
+        found["rankings"] = layer_rankings(setup, found["pilot"]["scores"])
+        found["proxy_batches"] = setup.args.proxy_batches
     write_json(path, found)
     return found
+
+
+def first_batches(setup: Setup, n: int) -> Iterator[dict]:
+    """The first n training batches of seed 0's order, every token labelled (what the layer rankings train on)."""
+    data = batches(setup.train, setup.args.batch, 0, ev.pad_token_id(setup.tokenizer), setup.args.max_len)
+    return ({k: v.to(setup.device) for k, v in full_label_batch(next(data)).items()} for _ in range(n))
+
+
+def layer_rankings(setup: Setup, pilot_scores: dict[str, float]) -> dict[str, list[int]]:
+    """Every layer, best first: by the pilot's scores, by the gradient proxy (peft_grow's `gradient_ranking`) on
+    the first --proxy-batches batches, and in a random order fixed by seed 0."""
+    proxy = gradient_ranking(copy.deepcopy(setup.base).to(setup.device), first_batches(setup, setup.args.proxy_batches))
+    layers = len(pilot_scores)
+    return {
+        "pilot": sorted(range(layers), key=lambda i: (-pilot_scores[str(i)], i)),
+        "proxy": [i for _, i in proxy.ranked()],
+        "random": torch.randperm(layers, generator=torch.Generator().manual_seed(0)).tolist(),
+    }
 
 
 def baseline_tasks(model: str, results: Path) -> list[str]:
@@ -171,8 +194,10 @@ def prepare(args) -> tuple[Setup, Path, dict]:
     setup.prompts = [e.prompt for e in read_examples(args.data, args.task, "train")]
     folder = args.results / args.model / args.task
     folder.mkdir(parents=True, exist_ok=True)
-    needs_context = {"g-freeze-top", "lora-matched"} & {m for m, _ in args.runs}
-    setup.context = context(setup, folder) if needs_context else {}
+    methods = {m for m, _ in args.runs}
+    counts = any(layer_count(m) for m in methods)
+    needs_context = counts or {"g-freeze-top", "lora-matched"} & methods
+    setup.context = context(setup, folder, rankings=counts) if needs_context else {}
     return setup, folder, base_point(setup, folder)
 
 

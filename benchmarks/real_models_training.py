@@ -22,7 +22,8 @@ from peft_grow.training import RetentionGuard
 
 from . import guarded
 from . import real_models_scores as scores  # through the module, so that tests can stand in for evaluate
-from .methods import METHODS, trainable
+from .methods import method as method_named
+from .methods import trainable
 from .real_models_checkpoints import keep_weights, resume, save_checkpoint, write_json
 from .real_models_setup import Setup, guard_cache, where
 from .real_models_tasks import TASKS, answer_loss, batches
@@ -54,7 +55,9 @@ def run_name(method: str, args: argparse.Namespace) -> str:
 
 def method_context(context: dict) -> dict:
     """What a method's build reads, from context.json (whose pilot layers are under "top")."""
-    return {"layers": context["top"], "lora_rank": context["lora_rank"]} if context else {}
+    if not context:
+        return {}
+    return {"layers": context["top"], "lora_rank": context["lora_rank"], "rankings": context.get("rankings")}
 
 
 def make_guard(setup: Setup, method: str) -> tuple[RetentionGuard | None, dict]:
@@ -83,7 +86,7 @@ def new_run(
     settings |= {"retention": setup.retention} | guard_settings
     run = Run(args.model, setup.task, run_name(method, args), lr, seed, settings)
     torch.manual_seed(seed)  # LoRA's and zero-init's random weights, the symmetry noise
-    model = METHODS[method].build(copy.deepcopy(setup.base), method_context(setup.context)).to(setup.device)
+    model = method_named(method).build(copy.deepcopy(setup.base), method_context(setup.context)).to(setup.device)
     if guard:
         guard.check(model)
     run.trainable, run.total = trainable(model), sum(p.numel() for p in model.parameters())

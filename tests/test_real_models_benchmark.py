@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from benchmarks import methods as benchmark_methods
 from benchmarks import real_models, real_models_runner, real_models_scores, real_models_setup, real_models_tasks
 from benchmarks import real_models_report as report
 from peft_grow import evaluation as ev
@@ -245,6 +246,58 @@ def test_the_report_reads_the_runs_and_draws_the_figures(finished, capsys):
         assert (finished / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((finished / "summary.json").read_text())
     assert set(summary["methods"]) == {"full", "g-freeze-top", "lora-r16"}
+
+
+def test_layer_counts_grow_the_top_n_of_each_ranking_and_have_their_own_table(data, finished, tmp_path):
+    """g-freeze-<ranking>-<N>: the rankings are added to the task's earlier context.json (its pilot's top third
+    unchanged), each run grows the first N layers of its ranking, and the report gives them their own table beside
+    the top third at the same rate, leaving the other tables as they were."""
+    results = tmp_path / "results"
+    shutil.copytree(finished.parents[1], results, ignore=shutil.ignore_patterns("weights", "checkpoints"))
+    folder = results / "stories" / "qasc"
+    before = json.loads((folder / "context.json").read_text())
+    assert "rankings" not in before
+    runs = ["g-freeze-pilot-2@1e-3", "g-freeze-proxy-1@1e-3", "g-freeze-random-1@1e-3"]
+    weights = tmp_path / "weights"
+    real_models.main(run_args(data, results, "--runs", *runs, "--keep-weights", str(weights)))
+    context = json.loads((folder / "context.json").read_text())
+    layers = AutoModelForCausalLM.from_pretrained(MODEL).config.num_hidden_layers
+    assert {k: context[k] for k in before} == before
+    for ranking in ("pilot", "proxy", "random"):
+        assert sorted(context["rankings"][ranking]) == list(range(layers))
+    pilot = context["pilot"]["scores"]
+    assert [pilot[str(i)] for i in context["rankings"]["pilot"]] == sorted(pilot.values(), reverse=True)
+    assert sorted(context["rankings"]["pilot"][: len(context["top"])]) == context["top"]
+    for ranking, n in (("pilot", 2), ("proxy", 1), ("random", 1)):
+        adapter = weights / "stories" / "qasc" / f"g-freeze-{ranking}-{n}_lr1e-03_s0" / "adapter_config.json"
+        assert json.loads(adapter.read_text())["layers"] == sorted(context["rankings"][ranking][:n])
+
+    report.main(["--results", str(results), "--tasks", "copa"])
+    text = (folder / "report.md").read_text()
+    table = text[text.index("**How many layers**") :]
+    assert "G-Freeze 1 layers" not in text[: text.index("**How many layers**")]  # kept out of the other tables
+    assert layers // 3 == 1  # so the top third's run is the pilot's top 1
+    assert [line.split(" | ")[:2] for line in table.splitlines()[4:9]] == [
+        ["| pilot", "1"],
+        ["| proxy", "1"],
+        ["| random", "1"],
+        ["| pilot", "2"],
+        [""],
+    ]
+    found = json.loads((folder / "summary.json").read_text())["layer_counts"]
+    assert [(f["ranking"], f["layers"]) for f in found] == [("pilot", 1), ("proxy", 1), ("random", 1), ("pilot", 2)]
+    assert (folder / "layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_layer_counts_name_a_known_ranking_and_at_most_every_layer(data, tmp_path):
+    for wrong in ("g-freeze-best-1@1e-3", "g-freeze-pilot-0@1e-3", "g-freeze-pilot@1e-3"):
+        with pytest.raises(SystemExit):
+            real_models.main(run_args(data, tmp_path, "--runs", wrong))
+    build = benchmark_methods.method("g-freeze-random-9").build
+    with pytest.raises(ValueError, match="grows 9 layers, but the model has 5; use N of at most 5"):
+        build(AutoModelForCausalLM.from_pretrained(MODEL), {"rankings": {"random": [4, 3, 2, 1, 0]}})
+    with pytest.raises(KeyError, match="g-freeze-<ranking>-<N>"):
+        benchmark_methods.method("g-freeze-best-1")
 
 
 def point(step, score, correct):
