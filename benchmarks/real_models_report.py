@@ -95,6 +95,7 @@ class Run:
     seconds: float
     where: dict
     curve: list[Point]
+    seconds_train: float = 0.0
 
     @property
     def final(self) -> Point:
@@ -137,6 +138,7 @@ def load_runs(folder: Path) -> list[Run]:
                 data["seconds_train"] + data["seconds_eval"],
                 data["where"],
                 [point(e) for e in data["curve"]],
+                data["seconds_train"],
             )
         )
     return runs
@@ -418,6 +420,7 @@ def fair_reading(runs: list[Run], best: dict[str, Run], reading: Reading, summar
             "",
         ]
     lines += per_seed(runs, best, reading, summary)
+    lines += cost(runs, best, summary)
     same_rate = {r.method: r for r in runs if r.seed == 0 and r.lr == best["full"].lr}
     if len(same_rate) > 1 and same_rate != best:
         rows, level, _, summary["same_rate"] = equal_score(same_rate, base, tasks, score_se, scale)
@@ -429,6 +432,27 @@ def fair_reading(runs: list[Run], best: dict[str, Run], reading: Reading, summar
             "",
         ]
     return lines
+
+
+def cost(runs: list[Run], best: dict[str, Run], summary: dict) -> list[str]:
+    """Each method at its best rate: trainable parameters and training seconds per step, mean over its runs."""
+    rows, summary["seconds_per_step"] = [], {}
+    for method in sorted(best, key=order):
+        own = [r for r in runs if r.method == method and r.lr == best[method].lr and r.final.step > 0]
+        per_step = [r.seconds_train / r.final.step for r in own]
+        summary["seconds_per_step"][method] = per_step
+        rows.append([label(method), f"{best[method].lr:.0e}", f"{best[method].trainable:,}", str(len(own))])
+        spread = f" ({min(per_step):.1f}-{max(per_step):.1f})" if len(per_step) > 1 else ""
+        rows[-1].append(f"{sum(per_step) / len(per_step):.1f}{spread}" if per_step else "")
+    return [
+        "**Cost** (each method at its best rate: trainable parameters, and training seconds per step as timed "
+        "during the runs, evaluation left out, mean (lowest-highest) over its runs; the runs shared the machine "
+        "with others, so these are rough. Peak memory is measured side by side in the speed benchmark, "
+        "docs/performance.md):",
+        "",
+        markdown_table(["method", "lr", "trainable", "runs", "seconds per step"], rows),
+        "",
+    ]
 
 
 def per_seed(runs: list[Run], best: dict[str, Run], reading: Reading, summary: dict) -> list[str]:

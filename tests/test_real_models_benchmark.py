@@ -246,6 +246,10 @@ def test_the_report_reads_the_runs_and_draws_the_figures(finished, capsys):
         assert (finished / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((finished / "summary.json").read_text())
     assert set(summary["methods"]) == {"full", "g-freeze-top", "lora-r16"}
+    assert "**Cost**" in text
+    for method, per_step in summary["seconds_per_step"].items():  # training time of each run over its steps
+        run = json.loads((finished / f"{method}_lr{summary['methods'][method]['lr']:.0e}_s0.json").read_text())
+        assert per_step == [pytest.approx(run["seconds_train"] / run["curve"][-1]["step"])]
 
 
 def test_layer_counts_grow_the_top_n_of_each_ranking_and_have_their_own_table(data, finished, tmp_path):
