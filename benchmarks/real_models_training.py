@@ -2,7 +2,9 @@
 
 AdamW without weight decay at a constant rate, gradients clipped at 1.0, the answer-only loss (plus the retention
 guard's term with --guard-weight), the same data order for every method at a seed; evaluated every --eval-every
-steps. A run saves its state at every evaluation and resumes from it (real_models_checkpoints.py)."""
+steps, where a full fine-tune also records the effective rank of each layer's up-projection update since the last
+evaluation (the paper's Figure 5). A run saves its state at every evaluation and resumes from it
+(real_models_checkpoints.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 
 from peft_grow import evaluation as ev
+from peft_grow.analysis import UpdateRankRecorder
 from peft_grow.training import RetentionGuard
 
 from . import guarded
@@ -108,13 +111,14 @@ def train_run(setup: Setup, method: str, lr: float, seed: int, path: Path, base_
     done = resume(checkpoints, model, optimizer, run) if checkpoints else 0
     for _ in range(done):  # the batches the checkpoint has seen: the same data order as an unbroken run
         next(data)
+    ranks = update_recorder(method, model, done)
     autocast = torch.autocast(setup.device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16-autocast")
     losses, kls, started = [], [], time.perf_counter()
     for step in range(done + 1, args.steps + 1):
         train_step(model, next(data), setup.device, autocast, guard, step, params, optimizer, losses, kls)
         if step % args.eval_every == 0 or step == args.steps:
             run.seconds_train += time.perf_counter() - started
-            point = record_point(run, model, setup, autocast, step, losses, kls)
+            point = record_point(run, model, setup, autocast, step, losses, kls, ranks)
             losses, kls = [], []
             if not math.isfinite(run.curve[-1]["train_loss"]):
                 run.status = "diverged"
@@ -133,13 +137,29 @@ def train_run(setup: Setup, method: str, lr: float, seed: int, path: Path, base_
     return run
 
 
-def record_point(run: Run, model, setup: Setup, autocast, step: int, losses: list, kls: list) -> dict:
-    """Evaluate the model and add the point, with the mean training loss (and KL) since the last one, to the curve."""
+def update_recorder(method: str, model: torch.nn.Module, step: int) -> UpdateRankRecorder | None:
+    """For a full fine-tune, the recorder of its up-projection updates between evaluations (the paper's Figure 5),
+    started from the weights at `step` (the base's, or those of the checkpoint resumed from); None otherwise."""
+    if method != "full":
+        return None
+    ranks = UpdateRankRecorder()
+    ranks.record(model, step)
+    return ranks
+
+
+def record_point(
+    run: Run, model, setup: Setup, autocast, step: int, losses: list, kls: list, ranks: UpdateRankRecorder | None
+) -> dict:
+    """Evaluate the model and add the point, with the mean training loss (and KL) since the last one, and a full
+    fine-tune's update ranks since the last one, to the curve."""
     with autocast:
         point = scores.evaluate(model, setup.tokenizer, setup)
     run.seconds_eval += point["seconds"]
     run.curve.append({"step": step, "train_loss": sum(losses) / len(losses), **point})
     run.curve[-1] |= {"retention_kl": sum(kls) / len(kls)} if kls else {}
+    if ranks:
+        ranks.record(model, step)
+        run.curve[-1]["update_ranks"] = dict(zip(ranks.labels(), ranks.ranks[-1], strict=True))
     return point
 
 

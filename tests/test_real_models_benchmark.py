@@ -133,6 +133,11 @@ def test_update_ranks_of_the_kept_full_fine_tunes(finished, capsys):
     assert len(ranks) == layers and all(0 < rank <= written["bound"] for rank in ranks), written
     assert (results / "stories" / "update_ranks.png").read_bytes()[:4] == b"\x89PNG"
     assert "| qasc full_lr1e-03_s0 |" in capsys.readouterr().out
+    # the runner's ranks between evaluations, for the full fine-tune only: steps 1 and 2 of the tiny run
+    stages = written["stages"]["qasc full_lr1e-03_s0"]
+    assert list(written["stages"]) == ["qasc full_lr1e-03_s0"] and list(stages) == ["1", "2"]
+    assert all(len(r) == layers and all(0 < v <= written["bound"] for v in r.values()) for r in stages.values())
+    assert (finished / "update_ranks_full_lr1e-03_s0.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_rerun_skips_finished_runs(data, finished, capsys):
@@ -143,16 +148,19 @@ def test_a_rerun_skips_finished_runs(data, finished, capsys):
 
 
 @pytest.mark.parametrize(
-    ("guard", "name"),
+    ("guard", "method", "name"),
     [
-        ((), "g-freeze_lr1e-03_s0"),
-        (("--guard-weight", "1", "--guard-source", "prompts"), "g-freeze+kl-prompts-w1_lr1e-03_s0"),
+        ((), "g-freeze", "g-freeze_lr1e-03_s0"),
+        (("--guard-weight", "1", "--guard-source", "prompts"), "g-freeze", "g-freeze+kl-prompts-w1_lr1e-03_s0"),
+        ((), "full", "full_lr1e-03_s0"),  # with its update ranks between evaluations
     ],
-    ids=["plain", "guarded"],
+    ids=["plain", "guarded", "full"],
 )
-def test_a_stopped_run_resumes_from_its_last_evaluation_as_if_unbroken(data, tmp_path, monkeypatch, guard, name):
+def test_a_stopped_run_resumes_from_its_last_evaluation_as_if_unbroken(
+    data, tmp_path, monkeypatch, guard, method, name
+):
     unbroken, stopped = tmp_path / "unbroken", tmp_path / "stopped"
-    runs = (*guard, "--runs", "g-freeze@1e-3", "--keep-weights")
+    runs = (*guard, "--runs", f"{method}@1e-3", "--keep-weights")
     real_models.main(run_args(data, unbroken, *runs, str(unbroken / "weights")))
     evaluate, calls = real_models_scores.evaluate, []
 
@@ -171,12 +179,14 @@ def test_a_stopped_run_resumes_from_its_last_evaluation_as_if_unbroken(data, tmp
 
     def final(root):
         run = json.loads((root / "stories" / "qasc" / f"{name}.json").read_text())
-        adapter = root / "weights" / "stories" / "qasc" / name / "adapter_model.safetensors"
-        curve = [(c["step"], c["train_loss"], c["task"], c.get("retention_kl")) for c in run["curve"]]
-        return curve, load_file(adapter)
+        kept = root / "weights" / "stories" / "qasc" / name
+        weights = kept / ("model.safetensors" if method == "full" else "adapter_model.safetensors")
+        keys = ("step", "train_loss", "task", "retention_kl", "update_ranks")
+        return [tuple(c.get(k) for k in keys) for c in run["curve"]], load_file(weights)
 
     (curve, weights), (resumed_curve, resumed_weights) = final(unbroken), final(stopped)
     assert resumed_curve == curve and len(curve) == 3
+    assert all((c[4] is not None) == (method == "full" and c[0] > 0) for c in curve)
     assert weights.keys() == resumed_weights.keys()
     assert all(torch.equal(weights[k], resumed_weights[k]) for k in weights)
     assert not list((stopped / "checkpoints").rglob("step-*"))  # removed once the run is done
