@@ -19,16 +19,16 @@ measures the base model on every task with its standard error; runs track the ta
 above chance (`--retention`, by default read from the model's baseline.json), on the first `--retention-limit`
 questions.
 
-Methods (METHODS in benchmarks/methods.py): full fine-tuning; LoRA r=16 and LoRA at the rank matched to G-Freeze
-on every layer; G-Freeze (k=2) on every layer and on the top third of layers by the paper's pilot ranking; G-Train
-with and without symmetry_noise; the zero-init growth baseline; and for the paper's Figure 4, G-Freeze on the top N
+Methods (METHODS in benchmarks/methods.py): full fine-tuning; LoRA r=16 and LoRA at the rank matched to G-Freeze on
+every layer; G-Freeze (k=2) on every layer and on the top third of layers by the paper's pilot ranking; G-Train with
+and without symmetry_noise; the zero-init growth baseline; and for the paper's Figure 4, G-Freeze on the top N
 layers of the pilot ranking, of the gradient proxy's or of a fixed random order (`g-freeze-pilot-3`,
-`g-freeze-proxy-3`, `g-freeze-random-3`). Every run: AdamW without weight decay (Adam),
-constant rate, clipped gradients, the same data order for every method at a seed, evaluated every `--eval-every`
-steps. Each (model, task, method, rate, seed) run writes its own JSON to docs/results/real_models/<model>/<task>/
-with its curve, wall times and where it ran; a rerun skips finished runs, and a lock file per run lets several
-workers (processes, machines sharing the folder) take jobs side by side. A run saves its state at every evaluation
-(`--checkpoints`, outside the repository) and a stopped run resumes from there, exactly as if unbroken.
+`g-freeze-proxy-3`, `g-freeze-random-3`). Every run: AdamW without weight decay (Adam), constant rate, clipped
+gradients, the same data order for every method at a seed, evaluated every `--eval-every` steps. Each (model, task,
+method, rate, seed) run writes its own JSON to docs/results/real_models/<model>/<task>/ with its curve, wall times
+and where it ran; a rerun skips finished runs, and a lock file per run lets several workers (processes, machines
+sharing the folder) take jobs side by side. A run saves its state at every evaluation (`--checkpoints`, outside the
+repository) and a stopped run resumes from there, exactly as if unbroken.
 
     python -m benchmarks.fetch_models smollm2-135m
     python -m benchmarks.real_models baseline --model smollm2-135m --data ../shared/data/tasks

@@ -307,29 +307,41 @@ class Reading:
 
 
 def report(folder: Path, tasks: list[str], metric: str, unfinished: bool = False) -> tuple[str, dict]:
-    runs = [r for r in load_runs(folder) if r.status == "done" or unfinished]
-    counted = [r for r in runs if layer_count(r.method)]
-    runs = [r for r in runs if r not in counted]
-    if not runs:
+    finished = [r for r in load_runs(folder) if r.status == "done" or unfinished]
+    if not finished:
         return f"(no finished runs in {folder})", {}
-    base = runs[0].curve[0]
+    runs = [r for r in finished if not layer_count(r.method)]  # the layer counts have their own table
+    counted = [r for r in finished if layer_count(r.method)]
+    base = finished[0].curve[0]
     reading = Reading(base, tasks, 1.0 if metric == "bleu" else 100.0, "BLEU" if metric == "bleu" else "EM %", metric)
     lines = [
         f"Base model: new task {base.score * reading.scale:.1f} {reading.unit} (n={base.n}), retention "
         f"{base.retention(tasks) * 100:.1f}% (mean accuracy over {', '.join(tasks)}; "
         + ", ".join(f"{t} {sum(base.outcomes[t]) / len(base.outcomes[t]) * 100:.1f}" for t in tasks)
-        + f"). {len(runs)} runs ({sum(r.status != 'done' for r in runs)} stopped before the end, compared at their "
-        f"last evaluation); {runs[0].where.get('gpu', runs[0].where.get('device'))}, "
-        f"{runs[0].where.get('dtype')}.",
+        + f"). {len(finished)} runs ({sum(r.status != 'done' for r in finished)} stopped before the end, compared "
+        f"at their last evaluation); {finished[0].where.get('gpu', finished[0].where.get('device'))}, "
+        f"{finished[0].where.get('dtype')}.",
         "",
     ]
-    lines += paper_protocol(runs, reading)
+    summary = {"base_score": base.score, "base_retention": base.retention(tasks), "methods": {}}
+    if runs:
+        lines += method_tables(folder, runs, reading, summary)
+    if counted:
+        layers = len(json.loads((folder / "context.json").read_text(encoding="utf-8"))["rankings"]["pilot"])
+        lines += ["", *layer_counts(counted, runs, layers, reading, summary)]
+        plot_layer_counts(folder, summary["layer_counts"], reading.unit)
+    return "\n".join(lines), summary
+
+
+def method_tables(folder: Path, runs: list[Run], reading: Reading, summary: dict) -> list[str]:
+    """The paper's protocol, the fair readings, the Pareto front, and the figures of every method's runs."""
+    tasks = reading.tasks
+    lines = paper_protocol(runs, reading)
     # the fair reading: each method at its best rate; then every method at full fine-tuning's best rate
     best: dict[str, Run] = {}
     for r in runs:
         if r.seed == 0 and (r.method not in best or r.final.score > best[r.method].final.score):
             best[r.method] = r
-    summary = {"base_score": base.score, "base_retention": base.retention(tasks), "methods": {}}
     if "full" in best:
         lines += fair_reading(runs, best, reading, summary)
     front = pareto(runs, tasks)
@@ -343,11 +355,7 @@ def report(folder: Path, tasks: list[str], metric: str, unfinished: bool = False
     )
     summary["pareto"] = [[r.method, r.lr, r.seed] for r in front]
     plot(folder, runs, best, tasks, reading.scale, reading.unit)
-    if counted:
-        layers = len(json.loads((folder / "context.json").read_text(encoding="utf-8"))["rankings"]["pilot"])
-        lines += ["", *layer_counts(counted, runs, layers, reading, summary)]
-        plot_layer_counts(folder, summary["layer_counts"], reading.unit)
-    return "\n".join(lines), summary
+    return lines
 
 
 def paper_protocol(runs: list[Run], reading: Reading) -> list[str]:

@@ -301,6 +301,12 @@ def test_layer_counts_grow_the_top_n_of_each_ranking_and_have_their_own_table(da
     found = json.loads((folder / "summary.json").read_text())["layer_counts"]
     assert [(f["ranking"], f["layers"]) for f in found] == [("pilot", 1), ("proxy", 1), ("random", 1), ("pilot", 2)]
     assert (folder / "layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for path in folder.glob("*_s0.json"):  # layer counts alone still get their table
+        if not path.name.startswith(("g-freeze-pilot", "g-freeze-proxy", "g-freeze-random")):
+            path.unlink()
+    report.main(["--results", str(results), "--tasks", "copa"])
+    text = (folder / "report.md").read_text()
+    assert "**How many layers**" in text and "paper's protocol" not in text and "3 runs" in text
 
 
 def test_layer_counts_name_a_known_ranking_and_at_most_every_layer(data, tmp_path):
