@@ -464,24 +464,59 @@ def cost(runs: list[Run], best: dict[str, Run], summary: dict) -> list[str]:
 
 
 def per_seed(runs: list[Run], best: dict[str, Run], reading: Reading, summary: dict) -> list[str]:
-    """Each later seed on its own, at the lowest final score among its runs: a seed where some method ends below
-    the 90% level still gives an equal-score reading, at a level every one of its runs reaches."""
+    """Each seed on its own, for the methods run on several seeds, at the lowest final score among that seed's
+    runs: a seed where some method ends below the 90% level still gives an equal-score reading, at a level every
+    one of its runs reaches; then each method's share over those seeds (mean ± standard error)."""
     lines, summary["per_seed"] = [], {}
-    for seed in sorted({r.seed for r in runs} - {0}):
-        selected = {r.method: r for r in runs if r.seed == seed and r.method in best and r.lr == best[r.method].lr}
+    at_best = [r for r in runs if r.method in best and r.lr == best[r.method].lr]
+    several = {m for m in best if len({r.seed for r in at_best if r.method == m}) > 1}
+    if "full" not in several:
+        return lines
+    for seed in sorted({r.seed for r in at_best if r.method in several}):
+        selected = {r.method: r for r in at_best if r.seed == seed and r.method in several}
         if "full" not in selected or len(selected) < 2:
             continue
         rows, level, _, summary["per_seed"][seed] = equal_score(
             selected, reading.base, reading.tasks, reading.score_se, reading.scale
         )
+        summary["per_seed"][seed]["level"] = level
         lines += [
-            f"**Seed {seed} alone** (each method at its best rate; compared where each first reaches "
-            f"{level * reading.scale:.1f} {reading.unit}, the lowest final score among this seed's runs):",
+            f"**Seed {seed} alone** (the methods run on several seeds, each at its best rate; compared where each "
+            f"first reaches {level * reading.scale:.1f} {reading.unit}, the lowest final score among this seed's "
+            "runs):",
             "",
             markdown_table(equal_score_header("lr", reading.unit), rows),
             "",
         ]
-    return lines
+    return lines + seeds_at_own_level(summary["per_seed"], reading)
+
+
+def seeds_at_own_level(readings: dict[int, dict], reading: Reading) -> list[str]:
+    """Each method's retention change and share of full fine-tuning's drop over the seed tables, each seed read
+    at its own level (mean ± standard error over seeds)."""
+    if len(readings) < 2:
+        return []
+    rows = []
+    for method in sorted({m for found in readings.values() for m in found if m != "level"}, key=order):
+        read = [found[method] for found in readings.values() if found.get(method, {}).get("drop_at_level")]
+        drops = [r["drop_at_level"][0] for r in read]
+        shares = [r["share_of_full_drop"][0] for r in read if r.get("share_of_full_drop")]
+        rows.append(
+            [
+                label(method),
+                str(len(read)),
+                fmt_seeds(drops, signed=True) if drops else "never",
+                "1" if method == "full" else (fmt_seeds(shares, scale=1.0) if shares else "n/a"),
+            ]
+        )
+    levels = ", ".join(f"{found['level'] * reading.scale:.1f}" for found in readings.values())
+    return [
+        f"**Each seed at its own level** (the seed tables above, at {levels} {reading.unit}; mean ± standard error "
+        "over seeds):",
+        "",
+        markdown_table(["method", "seeds", "retention change at the seed's level", "share of full FT's drop"], rows),
+        "",
+    ]
 
 
 def layer_counts(counted: list[Run], runs: list[Run], layers: int, reading: Reading, summary: dict) -> list[str]:

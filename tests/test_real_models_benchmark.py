@@ -398,7 +398,7 @@ def test_seeds_are_read_at_90_percent_of_full_fine_tunings_mean_score_against_th
     assert report.over_seeds(runs[:1] + runs[2:3], best, base, ["copa"], 100.0) == ([], {})  # one seed each
 
 
-def test_each_later_seed_is_read_alone_at_the_lowest_final_score_of_its_own_runs():
+def test_each_seed_is_read_alone_at_the_lowest_final_score_of_its_own_runs_then_over_seeds():
     def point(step, score, kept):
         return report.Point(step, score, 10, {"copa": [1.0] * kept + [0.0] * (10 - kept)})
 
@@ -414,7 +414,13 @@ def test_each_later_seed_is_read_alone_at_the_lowest_final_score_of_its_own_runs
     reading = report.Reading(base, ["copa"], 100.0, "EM %", "exact_match")
     summary = {}
     lines = report.per_seed(runs, best, reading, summary)
-    assert list(summary["per_seed"]) == [1] and lines[0].startswith("**Seed 1 alone**") and "50.0 EM %" in lines[0]
+    assert list(summary["per_seed"]) == [0, 1]  # seed 2 has full fine-tuning alone
+    assert lines[0].startswith("**Seed 0 alone**") and "100.0 EM %" in lines[0]
+    assert any(line.startswith("**Seed 1 alone**") and "50.0 EM %" in line for line in lines)
     # at 0.5: full fine-tuning, halfway to step 100, has lost 20 points; growth, at its end, 10
     assert summary["per_seed"][1]["full"]["drop_at_level"][0] == pytest.approx(-0.2)
     assert summary["per_seed"][1]["g-freeze"]["share_of_full_drop"][0] == pytest.approx(0.5)
+    # over the two seeds, each at its own level: growth lost 20 (seed 0) and 10 (seed 1) points, half of full's
+    assert "| G-Freeze all | 2 | -15.0 ± 5.0 | 0.5 ± 0.0 |" in "\n".join(lines)
+    summary = {}
+    assert report.per_seed([r for r in runs if r.method == "full" or r.seed == 0], best, reading, summary) == []
