@@ -63,7 +63,8 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from peft_grow import evaluation as ev  # noqa: E402
 
 from . import guarded  # noqa: E402
-from .methods import LAYER_RANKINGS, METHODS, layer_count  # noqa: E402
+from .methods import METHODS  # noqa: E402
+from .methods import method as method_named  # noqa: E402
 from .real_models_runner import cmd_baseline, cmd_run  # noqa: E402
 from .real_models_setup import MODELS, RESULTS, default_cache, default_data, pick_device  # noqa: E402
 from .real_models_tasks import TASKS  # noqa: E402
@@ -73,13 +74,11 @@ def parse_run(text: str, parser: argparse.ArgumentParser) -> tuple[str, float]:
     method, _, rate = text.partition("@")
     try:
         lr = float(rate)
+        method_named(method)  # the one place that knows the method names
     except ValueError:
-        lr = None
-    if (method not in METHODS and not layer_count(method)) or lr is None:
-        parser.error(
-            f"--runs takes METHOD@LR with METHOD one of {', '.join(METHODS)} or g-freeze-<ranking>-<N> (ranking one "
-            f"of {', '.join(LAYER_RANKINGS)}: G-Freeze on its top N layers), e.g. full@1e-4; got {text!r}"
-        )
+        parser.error(f"--runs takes METHOD@LR, e.g. full@1e-4; got {text!r}, whose rate {rate!r} is not a number")
+    except KeyError as error:
+        parser.error(f"--runs takes METHOD@LR, e.g. full@1e-4; got {text!r}: {error.args[0]}")
     return method, lr
 
 

@@ -327,8 +327,8 @@ def report(folder: Path, tasks: list[str], metric: str, unfinished: bool = False
     if runs:
         lines += method_tables(folder, runs, reading, summary)
     if counted:
-        layers = len(json.loads((folder / "context.json").read_text(encoding="utf-8"))["rankings"]["pilot"])
-        lines += ["", *layer_counts(counted, runs, layers, reading, summary)]
+        context = json.loads((folder / "context.json").read_text(encoding="utf-8"))
+        lines += ["", *layer_counts(counted, runs, context, reading, summary)]
         plot_layer_counts(folder, summary["layer_counts"], reading.unit)
     return "\n".join(lines), summary
 
@@ -467,7 +467,7 @@ def per_seed(runs: list[Run], best: dict[str, Run], reading: Reading, summary: d
     """Each seed on its own, for the methods run on several seeds, at the lowest final score among that seed's
     runs: a seed where some method ends below the 90% level still gives an equal-score reading, at a level every
     one of its runs reaches; then each method's share over those seeds (mean ± standard error)."""
-    lines, summary["per_seed"] = [], {}
+    lines, summary["per_seed"], summary["per_seed_level"] = [], {}, {}
     at_best = [r for r in runs if r.method in best and r.lr == best[r.method].lr]
     several = {m for m in best if len({r.seed for r in at_best if r.method == m}) > 1}
     if "full" not in several:
@@ -479,7 +479,7 @@ def per_seed(runs: list[Run], best: dict[str, Run], reading: Reading, summary: d
         rows, level, _, summary["per_seed"][seed] = equal_score(
             selected, reading.base, reading.tasks, reading.score_se, reading.scale
         )
-        summary["per_seed"][seed]["level"] = level
+        summary["per_seed_level"][seed] = level
         lines += [
             f"**Seed {seed} alone** (the methods run on several seeds, each at its best rate; compared where each "
             f"first reaches {level * reading.scale:.1f} {reading.unit}, the lowest final score among this seed's "
@@ -488,16 +488,16 @@ def per_seed(runs: list[Run], best: dict[str, Run], reading: Reading, summary: d
             markdown_table(equal_score_header("lr", reading.unit), rows),
             "",
         ]
-    return lines + seeds_at_own_level(summary["per_seed"], reading)
+    return lines + seeds_at_own_level(summary["per_seed"], summary["per_seed_level"], reading)
 
 
-def seeds_at_own_level(readings: dict[int, dict], reading: Reading) -> list[str]:
+def seeds_at_own_level(readings: dict[int, dict], levels: dict[int, float], reading: Reading) -> list[str]:
     """Each method's retention change and share of full fine-tuning's drop over the seed tables, each seed read
     at its own level (mean ± standard error over seeds)."""
     if len(readings) < 2:
         return []
     rows = []
-    for method in sorted({m for found in readings.values() for m in found if m != "level"}, key=order):
+    for method in sorted({m for found in readings.values() for m in found}, key=order):
         read = [found[method] for found in readings.values() if found.get(method, {}).get("drop_at_level")]
         drops = [r["drop_at_level"][0] for r in read]
         shares = [r["share_of_full_drop"][0] for r in read if r.get("share_of_full_drop")]
@@ -509,9 +509,9 @@ def seeds_at_own_level(readings: dict[int, dict], reading: Reading) -> list[str]
                 "1" if method == "full" else (fmt_seeds(shares, scale=1.0) if shares else "n/a"),
             ]
         )
-    levels = ", ".join(f"{found['level'] * reading.scale:.1f}" for found in readings.values())
+    at = ", ".join(f"{level * reading.scale:.1f}" for level in levels.values())
     return [
-        f"**Each seed at its own level** (the seed tables above, at {levels} {reading.unit}; mean ± standard error "
+        f"**Each seed at its own level** (the seed tables above, at {at} {reading.unit}; mean ± standard error "
         "over seeds):",
         "",
         markdown_table(["method", "seeds", "retention change at the seed's level", "share of full FT's drop"], rows),
@@ -519,15 +519,17 @@ def seeds_at_own_level(readings: dict[int, dict], reading: Reading) -> list[str]
     ]
 
 
-def layer_counts(counted: list[Run], runs: list[Run], layers: int, reading: Reading, summary: dict) -> list[str]:
-    """Seed 0's layer-count runs per rate, each ranking's top N beside the top third (pilot) and every layer."""
+def layer_counts(counted: list[Run], runs: list[Run], context: dict, reading: Reading, summary: dict) -> list[str]:
+    """Seed 0's layer-count runs per rate, each ranking's top N beside the top third (pilot) and every layer;
+    `context` is the runner's context.json (its rankings and its top third)."""
     base, tasks, scale = reading.base, reading.tasks, reading.scale
+    layers, third = len(context["rankings"]["pilot"]), len(context["top"])
     lines, found = [], []
     for lr in sorted({r.lr for r in counted}):
         at = {r.method: r for r in runs + counted if r.lr == lr and r.seed == 0 and "+kl-" not in r.method}
         rows = [(*layer_count(m), r) for m, r in at.items() if layer_count(m)]
-        if "g-freeze-top" in at and f"g-freeze-pilot-{max(1, layers // 3)}" not in at:
-            rows.append(("pilot", max(1, layers // 3), at["g-freeze-top"]))
+        if "g-freeze-top" in at and f"g-freeze-pilot-{third}" not in at:
+            rows.append(("pilot", third, at["g-freeze-top"]))
         if "g-freeze" in at:
             rows.append(("every layer", layers, at["g-freeze"]))
         rows.sort(key=lambda row: (row[1], row[0]))
