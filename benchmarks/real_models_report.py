@@ -174,11 +174,13 @@ def pareto(runs: list[Run], tasks: list[str]) -> list[Run]:
     return pareto_front(runs, key=lambda r: (-r.final.score, -r.final.retention(tasks)))
 
 
-def fmt(value: tuple[float, float] | None, scale: float = 100.0, signed: bool = False) -> str:
+def fmt(value: tuple[float, float | None] | None, scale: float = 100.0, signed: bool = False) -> str:
+    """`mean ± se` scaled; the mean alone where there is no standard error (a corpus BLEU score)."""
     if value is None:
         return "n/a"
     mean, se = value
-    return (f"{mean * scale:+.1f}" if signed else f"{mean * scale:.1f}") + f" ± {se * scale:.1f}"
+    shown = f"{mean * scale:+.1f}" if signed else f"{mean * scale:.1f}"
+    return shown if se is None else f"{shown} ± {se * scale:.1f}"
 
 
 def equal_score_header(lr_column: str, unit: str) -> list[str]:
@@ -226,12 +228,19 @@ def equal_score(
                 f"{r.final.retention(tasks) * 100:.1f}",
                 f"{at.step:.0f}",
                 fmt(drop, signed=True),
-                "1 (reference)" if method == "full" else fmt(share, scale=1.0),
+                reference_share(full_drop) if method == "full" else fmt(share, scale=1.0),
                 around(r, level, base, tasks),
             ]
         )
         methods[method] = {"lr": r.lr, "final_score": r.final.score, "drop_at_level": drop, "share_of_full_drop": share}
     return rows, level, full_drop, methods
+
+
+def reference_share(full_drop: tuple[float, float]) -> str:
+    """Full fine-tuning's own cell in the share column: the reference, or why no share can be read."""
+    if ratio(full_drop, full_drop) is None:
+        return "reference; no clear drop, so no shares"
+    return "1 (reference)"
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -302,8 +311,9 @@ class Reading:
     unit: str
     metric: str
 
-    def score_se(self, p: Point) -> tuple[float, float]:
-        return (p.score, 0.0 if self.metric == "bleu" else binomial_se(p.score, p.n))
+    def score_se(self, p: Point) -> tuple[float, float | None]:
+        # corpus BLEU is not a mean of per-item outcomes: no binomial error, and none is claimed
+        return (p.score, None if self.metric == "bleu" else binomial_se(p.score, p.n))
 
 
 def report(folder: Path, tasks: list[str], metric: str, unfinished: bool = False) -> tuple[str, dict]:
@@ -374,12 +384,10 @@ def paper_protocol(runs: list[Run], reading: Reading) -> list[str]:
         for r in paper
     ]
     header = ["method", "trainable", f"new task ({unit})", "retention %", "retention change (points)", "minutes"]
-    return [
-        f"**The paper's protocol** (every method at lr {PAPER_LR:g}, same steps):",
-        "",
-        markdown_table(header, rows),
-        "",
-    ]
+    title = f"**The paper's protocol** (every method at lr {PAPER_LR:g}, same steps):"
+    if not rows:
+        return [title, "", f"(no finished run at lr {PAPER_LR:g} yet)", ""]
+    return [title, "", markdown_table(header, rows), ""]
 
 
 def fair_reading(runs: list[Run], best: dict[str, Run], reading: Reading, summary: dict) -> list[str]:

@@ -424,3 +424,17 @@ def test_each_seed_is_read_alone_at_the_lowest_final_score_of_its_own_runs_then_
     assert "| G-Freeze all | 2 | -15.0 ± 5.0 | 0.5 ± 0.0 |" in "\n".join(lines)
     summary = {}
     assert report.per_seed([r for r in runs if r.method == "full" or r.seed == 0], best, reading, summary) == []
+
+
+def test_a_bleu_task_where_full_fine_tuning_does_not_forget_claims_no_error_bar_and_no_share():
+    def point(step, score, kept):
+        return report.Point(step, score, 48, {"copa": [1.0] * kept + [0.0] * (10 - kept)})
+
+    base = point(0, 8.0, 8)
+    full = report.Run("full", 3e-5, 0, 10, 10, "done", 1.0, {}, [base, point(100, 20.0, 9)])
+    grow = report.Run("g-freeze", 1e-4, 0, 5, 15, "done", 1.0, {}, [base, point(100, 15.0, 7)])
+    reading = report.Reading(base, ["copa"], 1.0, "BLEU", "bleu")
+    rows = report.equal_score({"full": full, "g-freeze": grow}, base, ["copa"], reading.score_se, 1.0)[0]
+    assert rows[0][2] == "20.0" and rows[1][2] == "15.0"  # corpus BLEU: the score alone, no binomial error
+    assert rows[0][6] == "reference; no clear drop, so no shares" and rows[1][6] == "n/a"
+    assert report.paper_protocol([full, grow], reading)[2] == "(no finished run at lr 0.001 yet)"
