@@ -160,10 +160,16 @@ def binomial_se(p: float, n: int) -> float:
     return math.sqrt(max(p * (1 - p), 0.0) / n)
 
 
+def clear_drop(change: tuple[float, float]) -> bool:
+    """A retention change more than two standard errors below zero: one that a share can be read against."""
+    mean, se = change
+    return mean < -2 * se and mean != 0
+
+
 def ratio(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float] | None:
     """a / b with the delta-method standard error; None where b's drop is not clearly negative."""
     (ma, sa), (mb, sb) = a, b
-    if mb >= -2 * sb or mb == 0:
+    if not clear_drop(b):
         return None
     r = ma / mb
     return r, abs(r) * math.sqrt((sa / ma) ** 2 + (sb / mb) ** 2) if ma else abs(sa / mb)
@@ -238,9 +244,7 @@ def equal_score(
 
 def reference_share(full_drop: tuple[float, float]) -> str:
     """Full fine-tuning's own cell in the share column: the reference, or why no share can be read."""
-    if ratio(full_drop, full_drop) is None:
-        return "reference; no clear drop, so no shares"
-    return "1 (reference)"
+    return "1 (reference)" if clear_drop(full_drop) else "reference; no clear drop, so no shares"
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
