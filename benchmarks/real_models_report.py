@@ -163,7 +163,7 @@ def binomial_se(p: float, n: int) -> float:
 def clear_drop(change: tuple[float, float]) -> bool:
     """A retention change more than two standard errors below zero: one that a share can be read against."""
     mean, se = change
-    return mean < -2 * se and mean != 0
+    return mean < -2 * se  # a standard error is never negative, so such a mean is never zero
 
 
 def ratio(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float] | None:
