@@ -265,18 +265,19 @@ def fmt_seeds(values: list[float], scale: float = 100.0, signed: bool = False) -
 def over_seeds(runs: list[Run], best: dict[str, Run], base: Point, tasks: list[str], scale: float) -> tuple:
     """Each method at its best rate, over every seed run there: final score and retention, the retention change
     where each seed's run first reaches 90% of full fine-tuning's mean final score, and that change as a share of
-    full fine-tuning's of the same seed (mean ± standard error over seeds). Rows only where some method has
-    several seeds."""
+    full fine-tuning's of the same seed, on the seeds where that drop is clear (mean ± standard error over seeds).
+    Rows only where some method has several seeds."""
     seeds = {m: [r for r in runs if r.method == m and r.lr == best[m].lr] for m in best}
     if max(map(len, seeds.values())) < 2:
         return [], {}
     level = 0.9 * mean_se([r.final.score for r in seeds["full"]])[0]
-    full_drop = {r.seed: change(r.at_score(level), base, tasks)[0] for r in seeds["full"] if r.at_score(level)}
+    full_drop = {r.seed: change(r.at_score(level), base, tasks) for r in seeds["full"] if r.at_score(level)}
+    against = {seed: drop for seed, drop in full_drop.items() if clear_drop(drop)}  # as in every other table
     rows, found = [], {}
     for method in sorted(seeds, key=order):
         reached = [r for r in seeds[method] if r.at_score(level) is not None]
         drops = [change(r.at_score(level), base, tasks)[0] for r in reached]
-        shares = [d / full_drop[r.seed] for d, r in zip(drops, reached, strict=True) if full_drop.get(r.seed)]
+        shares = [d / against[r.seed][0] for d, r in zip(drops, reached, strict=True) if r.seed in against]
         finals = mean_se([r.final.score for r in seeds[method]])
         found[method] = {"seeds": [r.seed for r in seeds[method]], "final": finals, "drops": drops, "shares": shares}
         rows.append(
@@ -423,7 +424,8 @@ def fair_reading(runs: list[Run], best: dict[str, Run], reading: Reading, summar
         lines += [
             f"**Over seeds** (each method at its best rate; where each seed's run first reaches "
             f"{summary['over_seeds']['level'] * scale:.1f} {unit}, 90% of full fine-tuning's mean final score; "
-            "mean ± standard error over seeds, each share against full fine-tuning's drop of the same seed):",
+            "mean ± standard error over seeds, each share against full fine-tuning's drop of the same seed, on the "
+            "seeds where that drop is clear):",
             "",
             markdown_table(
                 [

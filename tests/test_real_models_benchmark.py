@@ -376,15 +376,21 @@ def test_the_reading_at_a_level_names_the_evaluations_it_rests_on():
 
 
 def test_seeds_are_read_at_90_percent_of_full_fine_tunings_mean_score_against_the_same_seed():
-    def point(step, score, kept):
-        return report.Point(step, score, 10, {"copa": [1.0] * kept + [0.0] * (10 - kept)})
+    def point(step, score, kept):  # 100 questions, the first `kept` answered right
+        return report.Point(step, score, 100, {"copa": [1.0] * kept + [0.0] * (100 - kept)})
 
-    base = point(0, 0.0, 10)
+    base = point(0, 0.0, 100)
 
     def run(method, seed, kept, final=1.0):
         return report.Run(method, 1e-4, seed, 1, 1, "done", 1.0, {}, [base, point(100, final, kept)])
 
-    runs = [run("full", 0, 6), run("full", 1, 8), run("g-freeze", 0, 8), run("g-freeze", 1, 9), run("g-freeze", 2, 9)]
+    runs = [
+        run("full", 0, 60),
+        run("full", 1, 80),
+        run("g-freeze", 0, 80),
+        run("g-freeze", 1, 90),
+        run("g-freeze", 2, 90),
+    ]
     best = {"full": runs[0], "g-freeze": runs[2]}
     rows, found = report.over_seeds(runs, best, base, ["copa"], 100.0)
     assert found["level"] == 0.9
@@ -396,6 +402,13 @@ def test_seeds_are_read_at_90_percent_of_full_fine_tunings_mean_score_against_th
     one = report.over_seeds(runs[:2] + runs[2:3], best, base, ["copa"], 100.0)[0][1]  # a method with one seed
     assert one[3:] == ["100.0 (one seed)", "80.0 (one seed)", "-18.0 (one seed)", "0.5 (one seed)"]
     assert report.over_seeds(runs[:1] + runs[2:3], best, base, ["copa"], 100.0) == ([], {})  # one seed each
+    # a seed where full fine-tuning loses less than two standard errors gives no share (a ratio to noise: here
+    # growth's 9 points would read as 5 times a drop of 1.8), as in the single-seed tables
+    with_noise = runs + [run("full", 3, 98), run("g-freeze", 3, 90)]
+    found = report.over_seeds(with_noise, best, base, ["copa"], 100.0)[1]
+    assert found["full"]["drops"] == pytest.approx([-0.36, -0.18, -0.018])
+    assert found["g-freeze"]["drops"] == pytest.approx([-0.18, -0.09, -0.09, -0.09])
+    assert found["g-freeze"]["shares"] == pytest.approx([0.5, 0.5])
 
 
 def test_each_seed_is_read_alone_at_the_lowest_final_score_of_its_own_runs_then_over_seeds():
