@@ -272,12 +272,17 @@ def over_seeds(runs: list[Run], best: dict[str, Run], base: Point, tasks: list[s
         return [], {}
     level = 0.9 * mean_se([r.final.score for r in seeds["full"]])[0]
     full_drop = {r.seed: change(r.at_score(level), base, tasks) for r in seeds["full"] if r.at_score(level)}
-    against = {seed: drop for seed, drop in full_drop.items() if clear_drop(drop)}  # as in every other table
     rows, found = [], {}
     for method in sorted(seeds, key=order):
         reached = [r for r in seeds[method] if r.at_score(level) is not None]
-        drops = [change(r.at_score(level), base, tasks)[0] for r in reached]
-        shares = [d / against[r.seed][0] for d, r in zip(drops, reached, strict=True) if r.seed in against]
+        changes = [change(r.at_score(level), base, tasks) for r in reached]
+        drops = [mean for mean, _ in changes]
+        # ratio() reads a share only against a clear drop, as in every other table
+        shares = [
+            share[0]
+            for c, r in zip(changes, reached, strict=True)
+            if r.seed in full_drop and (share := ratio(c, full_drop[r.seed]))
+        ]
         finals = mean_se([r.final.score for r in seeds[method]])
         found[method] = {"seeds": [r.seed for r in seeds[method]], "final": finals, "drops": drops, "shares": shares}
         rows.append(
