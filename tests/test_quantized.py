@@ -49,6 +49,17 @@ def logits(model, ids):
         return model(input_ids=ids).logits.float()
 
 
+def repacked(model):
+    """bitsandbytes' 4-bit layers whose weights were repacked for its CPU inference kernel (a first forward in eval
+    mode without gradients on CPUs with AVX512-BF16 does it, for good; training through them then breaks)."""
+    return [
+        n
+        for n, m in model.named_modules()
+        if getattr(getattr(m, "weight", None), "quant_state", None) is not None
+        and getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+    ]
+
+
 IDS = torch.randint(3, 128, (2, 16), generator=torch.Generator().manual_seed(0))
 
 
@@ -59,8 +70,11 @@ def test_growth_over_a_quantized_base_trains_reloads_and_merges(checkpoint, tmp_
     # train mode throughout: on CPUs with AVX512-BF16, bitsandbytes 0.50 repacks 4-bit weights for its inference
     # kernel at the first forward in eval mode without gradients; the layer then passes no gradient to its input,
     # and state_dict() (save_pretrained) unpacks them with a small loss (about 0.2% of a layer's output), for LoRA
-    # alike. The model has no dropout, so train mode computes the same function.
-    model = get_peft_model(quantized(checkpoint, kind), GrowConfig(k=2, mode=mode)).train()
+    # alike. The model has no dropout, so train mode computes the same function. Growth's own check forward, run on
+    # the base as loaded (eval mode), must not repack them.
+    model = get_peft_model(quantized(checkpoint, kind), GrowConfig(k=2, mode=mode))
+    assert not repacked(model)
+    model.train()
     scale = expected.abs().max().item()
     assert (logits(model, IDS) - expected).abs().max().item() <= TOLERANCE * scale
     assert all(m.quantized for m in model.modules() if isinstance(m, GrowLayer))
@@ -78,6 +92,7 @@ def test_growth_over_a_quantized_base_trains_reloads_and_merges(checkpoint, tmp_
     after = logits(model, IDS)
     model.save_pretrained(tmp_path / "adapter")
     reloaded = PeftModel.from_pretrained(quantized(checkpoint, kind), tmp_path / "adapter", is_trainable=True)
+    assert not repacked(reloaded)
     assert torch.equal(logits(reloaded.train(), IDS), after)
     merged = model.merge_and_unload()
     up = merged.model.layers[0].mlp.up_proj

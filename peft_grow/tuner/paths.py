@@ -107,9 +107,16 @@ def recording(model: nn.Module, names: Iterable[str], record: Callable[[str], No
 
 @contextmanager
 def evaluating(module: nn.Module) -> Iterator[None]:
-    """Dropout off; every submodule's mode restored after."""
+    """Dropout off; every submodule's mode restored after.
+
+    bitsandbytes' 4-bit layers stay in train mode (they have no dropout): on CPUs with AVX512-BF16 their first
+    forward in eval mode without gradients repacks the weights for an inference kernel for good, after which the
+    layer passes no gradient to its input and rounds differently; a check must not do that to the user's model."""
     modes = {m: m.training for m in module.modules()}
     module.eval()
+    for m in module.modules():
+        if type(getattr(m, "weight", None)).__name__ == "Params4bit":
+            m.training = True
     try:
         yield
     finally:
