@@ -247,6 +247,12 @@ def reference_share(full_drop: tuple[float, float]) -> str:
     return "1 (reference)" if clear_drop(full_drop) else "reference; no clear drop, so no shares"
 
 
+def seeds_reference(full_drops: list[tuple[float, float]]) -> str:
+    """Full fine-tuning's own cell in a share column over seeds: the reference, and on how many seeds its drop is
+    clear enough to divide by (the other rows' shares come from those seeds only)."""
+    return f"1 (clear drop on {sum(map(clear_drop, full_drops))} of {len(full_drops)} seeds)"
+
+
 def mean_se(values: list[float]) -> tuple[float, float]:
     """Mean and standard error over seeds (0 for one value)."""
     mean = sum(values) / len(values)
@@ -293,7 +299,9 @@ def over_seeds(runs: list[Run], best: dict[str, Run], base: Point, tasks: list[s
                 fmt_seeds([r.final.score for r in seeds[method]], scale),
                 fmt_seeds([r.final.retention(tasks) for r in seeds[method]]),
                 fmt_seeds(drops, signed=True) if drops else "never",
-                fmt_seeds(shares, scale=1.0) if shares and method != "full" else ("1" if method == "full" else ""),
+                seeds_reference(list(full_drop.values()))
+                if method == "full"
+                else (fmt_seeds(shares, scale=1.0) if shares else ""),
             ]
         )
     return rows, found | {"level": level}
@@ -525,7 +533,9 @@ def seeds_at_own_level(readings: dict[int, dict], levels: dict[int, float], read
                 label(method),
                 str(len(read)),
                 fmt_seeds(drops, signed=True) if drops else "never",
-                "1" if method == "full" else (fmt_seeds(shares, scale=1.0) if shares else "n/a"),
+                seeds_reference([r["drop_at_level"] for r in read])
+                if method == "full"
+                else (fmt_seeds(shares, scale=1.0) if shares else "n/a"),
             ]
         )
     at = ", ".join(f"{level * reading.scale:.1f}" for level in levels.values())

@@ -409,6 +409,8 @@ def test_seeds_are_read_at_90_percent_of_full_fine_tunings_mean_score_against_th
     assert found["full"]["drops"] == pytest.approx([-0.36, -0.18, -0.018])
     assert found["g-freeze"]["drops"] == pytest.approx([-0.18, -0.09, -0.09, -0.09])
     assert found["g-freeze"]["shares"] == pytest.approx([0.5, 0.5])
+    rows = report.over_seeds(with_noise, best, base, ["copa"], 100.0)[0]
+    assert rows[0][6] == "1 (clear drop on 2 of 3 seeds)"  # the reference cell says which seeds give shares
 
 
 def test_each_seed_is_read_alone_at_the_lowest_final_score_of_its_own_runs_then_over_seeds():
@@ -435,6 +437,7 @@ def test_each_seed_is_read_alone_at_the_lowest_final_score_of_its_own_runs_then_
     assert summary["per_seed"][1]["g-freeze"]["share_of_full_drop"][0] == pytest.approx(0.5)
     # over the two seeds, each at its own level: growth lost 20 (seed 0) and 10 (seed 1) points, half of full's
     assert "| G-Freeze all | 2 | -15.0 ± 5.0 | 0.5 ± 0.0 |" in "\n".join(lines)
+    assert "| full FT | 2 | -30.0 ± 10.0 | 1 (clear drop on 2 of 2 seeds) |" in "\n".join(lines)
     summary = {}
     assert report.per_seed([r for r in runs if r.method == "full" or r.seed == 0], best, reading, summary) == []
 
