@@ -10,12 +10,13 @@ Sources (`--guard-source`):
 
 Every source goes through `drop_overlapping` against the questions and choices of every retention task measured
 (ARC-Easy, COPA, ...): a window sharing a run of 8 words with any of them is dropped, and the count is recorded in
-the run's settings.
+the run's settings, with a hash of the windows kept (so that reruns elsewhere can show they guarded on the same text).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -87,4 +88,10 @@ def build_guard(
     kept, dropped = drop_overlapping(found, tokenizer, reference_texts(tasks, data), n=OVERLAP_WORDS)
     reference = copy.deepcopy(base) if method == "full" else None  # full fine-tuning has no adapter to disable
     guard = RetentionGuard(kept, spec.weight, spec.temperature, spec.batch, seed=0, reference=reference)
-    return guard, {"windows": len(kept), "dropped_overlapping": dropped, "overlap_words": OVERLAP_WORDS}
+    digest = hashlib.sha256(kept.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
+    return guard, {
+        "windows": len(kept),
+        "dropped_overlapping": dropped,
+        "overlap_words": OVERLAP_WORDS,
+        "windows_sha256": digest,  # of the token ids kept (int64), first 16 hex digits
+    }

@@ -201,11 +201,18 @@ def test_guarded_runs_record_the_guard_and_its_kl_and_start_at_the_base(data, tm
     guard = run["settings"]["guard"]
     assert guard["weight"] == 2.0 and guard["source"] == source and guard["windows"] > 0
     assert guard["dropped_overlapping"] >= 0 and guard["overlap_words"] == 8
+    assert len(guard["windows_sha256"]) == 16  # the text guarded on, checkable on another machine
     assert run["curve"][1]["retention_kl"] == 0.0  # step 1 measures before any update: the frozen copy is the model
     assert run["curve"][2]["retention_kl"] > 0
     assert run["method"] == f"full+kl-{source}-w2"
     cached = list((tmp_path / "cache" / "retention-text").glob("*.safetensors"))
     assert len(cached) == (1 if source == "self" else 0)  # the model's own text is sampled once and kept
+    if source == "self":  # a second run guards on the same cached text, and records the same hash
+        real_models.main(
+            run_args(data, tmp_path, "--guard-weight", "1", "--guard-source", source, "--runs", "full@1e-3")
+        )
+        again = json.loads((tmp_path / "stories" / "qasc" / f"full+kl-{source}-w1_lr1e-03_s0.json").read_text())
+        assert again["settings"]["guard"]["windows_sha256"] == guard["windows_sha256"]
 
 
 def test_the_report_names_guarded_runs_after_their_method():
