@@ -13,8 +13,11 @@ import logging
 
 # bitsandbytes, which peft imports when it is installed, logs a warning at import (an optional CPU kernel package
 # is missing) with no handler of its own, so Python's last-resort handler printed it on every start of every
-# command. A NullHandler keeps the record for applications that configure logging and off a bare stderr.
+# command. A NullHandler keeps the record for applications that configure logging and off a bare stderr. On CPUs
+# with AVX512-BF16 bitsandbytes also asks the `kernels` package for a CPU kernel at import, which warns the same
+# way when the Hub is offline.
 logging.getLogger("bitsandbytes").addHandler(logging.NullHandler())
+logging.getLogger("kernels").addHandler(logging.NullHandler())
 
 from .io import load_merged, push_adapter_to_hub, push_folder_to_hub, save_adapter, save_merged  # noqa: E402
 from .tuner import (  # noqa: E402  (importing the tuner registers GROW with PEFT)
