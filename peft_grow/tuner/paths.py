@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .quantization import is_bnb_4bit
+
 logger = logging.getLogger(__name__)
 
 TOKENS = 4  # a few tokens: every layer runs, whatever their number
@@ -115,7 +117,7 @@ def evaluating(module: nn.Module) -> Iterator[None]:
     modes = {m: m.training for m in module.modules()}
     module.eval()
     for m in module.modules():
-        if type(getattr(m, "weight", None)).__name__ == "Params4bit":
+        if is_bnb_4bit(m):
             m.training = True
     try:
         yield

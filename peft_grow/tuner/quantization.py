@@ -27,6 +27,10 @@ def is_bnb_quantized(module: nn.Module) -> bool:
     return type(getattr(module, "weight", None)).__name__ in BNB_WEIGHTS
 
 
+def is_bnb_4bit(module: nn.Module) -> bool:
+    return type(getattr(module, "weight", None)).__name__ == "Params4bit"
+
+
 def bnb_dequantized(module: nn.Module) -> torch.Tensor:
     """The float weight [out, in] of a bitsandbytes 4-bit or 8-bit layer, without changing the layer.
 
@@ -35,7 +39,7 @@ def bnb_dequantized(module: nn.Module) -> torch.Tensor:
     import bitsandbytes as bnb
 
     weight = module.weight
-    if type(weight).__name__ == "Params4bit":
+    if is_bnb_4bit(module):
         if getattr(weight.quant_state, "packing_format_for_cpu", False):
             # bitsandbytes repacks 4-bit weights for its CPU kernel at the first forward and cannot unpack them
             # exactly; the kernel applied to the identity gives the weight it computes with, bias aside
