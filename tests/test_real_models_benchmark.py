@@ -412,11 +412,10 @@ def test_seeds_are_read_at_90_percent_of_full_fine_tunings_mean_score_against_th
     # a seed where full fine-tuning loses less than two standard errors gives no share (a ratio to noise: here
     # growth's 9 points would read as 5 times a drop of 1.8), as in the single-seed tables
     with_noise = runs + [run("full", 3, 98), run("g-freeze", 3, 90)]
-    found = report.over_seeds(with_noise, best, base, ["copa"], 100.0)[1]
+    rows, found = report.over_seeds(with_noise, best, base, ["copa"], 100.0)
     assert found["full"]["drops"] == pytest.approx([-0.36, -0.18, -0.018])
     assert found["g-freeze"]["drops"] == pytest.approx([-0.18, -0.09, -0.09, -0.09])
     assert found["g-freeze"]["shares"] == pytest.approx([0.5, 0.5])
-    rows = report.over_seeds(with_noise, best, base, ["copa"], 100.0)[0]
     assert rows[0][6] == "1 (clear drop on 2 of 3 seeds)"  # the reference cell says which seeds give shares
 
 
