@@ -59,6 +59,8 @@ METHODS = {
     "zero-init": Method(
         "zero-init growth", lambda base, ctx: get_peft_model(base, GrowConfig(k=2, mode="freeze", init="zero"))
     ),
+    # trained by TRL's SDFTTrainer, not by a benchmark's own loop (benchmarks/real_models_sdft.py)
+    "sdft": Method("SDFT (G-Freeze all)", lambda base, ctx: get_peft_model(base, GrowConfig(k=2))),
 }
 
 

@@ -21,14 +21,15 @@ questions.
 
 Methods (METHODS in benchmarks/methods.py): full fine-tuning; LoRA r=16 and LoRA at the rank matched to G-Freeze on
 every layer; G-Freeze (k=2) on every layer and on the top third of layers by the paper's pilot ranking; G-Train with
-and without symmetry_noise; the zero-init growth baseline; and for the paper's Figure 4, G-Freeze on the top N
-layers of the pilot ranking, of the gradient proxy's or of a fixed random order (`g-freeze-pilot-3`,
-`g-freeze-proxy-3`, `g-freeze-random-3`). Every run: AdamW without weight decay (Adam), constant rate, clipped
-gradients, the same data order for every method at a seed, evaluated every `--eval-every` steps. Each (model, task,
+and without symmetry_noise; the zero-init growth baseline; for the paper's Figure 4, G-Freeze on the top N layers of
+the pilot ranking, of the gradient proxy's or of a fixed random order (`g-freeze-pilot-3`, `g-freeze-proxy-3`,
+`g-freeze-random-3`); and `sdft`, TRL's SDFTTrainer (on-policy self-distillation from the base model) on G-Freeze
+(real_models_sdft.py). Every run: AdamW without weight decay (Adam), constant rate, clipped gradients, the same data
+order for every method at a seed (SDFT draws its own), evaluated every `--eval-every` steps. Each (model, task,
 method, rate, seed) run writes its own JSON to docs/results/real_models/<model>/<task>/ with its curve, wall times
 and where it ran; a rerun skips finished runs, and a lock file per run lets several workers (processes, machines
 sharing the folder) take jobs side by side. A run saves its state at every evaluation (`--checkpoints`, outside the
-repository) and a stopped run resumes from there, exactly as if unbroken.
+repository) and a stopped run resumes from there, exactly as if unbroken (SDFT's: reseeded, see its module).
 
     python -m benchmarks.fetch_models smollm2-135m
     python -m benchmarks.real_models baseline --model smollm2-135m --data ../shared/data/tasks
@@ -41,7 +42,7 @@ Step 0 of every run is the base model (growth and LoRA start at the base functio
 so its scores are measured once per model and task (`<task>/base.json`) and shared by every run.
 
 This module is the command line; the benchmark's other parts are real_models_tasks.py (task data and batches),
-real_models_scores.py, real_models_training.py (the training loop), real_models_checkpoints.py,
+real_models_scores.py, real_models_training.py (the training loop), real_models_sdft.py, real_models_checkpoints.py,
 real_models_runner.py (the commands, resumable, with lock files) and real_models_setup.py (see docs/layout.md).
 """
 
@@ -55,6 +56,7 @@ from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # sdft's trainer is in trl.experimental, knowingly
 os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's progress bars, one per evaluation
 
 import torch  # noqa: E402
@@ -199,6 +201,8 @@ def checked(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpar
             args.guard = guarded.GuardSpec(
                 args.guard_weight, args.guard_source, args.guard_batch, args.guard_length, args.guard_temperature
             )
+            if any(method == "sdft" for method, _ in args.runs):
+                parser.error("sdft distils from the base model already: run it without --guard-weight")
     if getattr(args, "tiny", False):
         args.steps, args.batch, args.eval_every, args.test_limit, args.retention_limit = 2, 2, 1, 4, 4
         args.pilot_steps = 1

@@ -28,6 +28,7 @@ from . import real_models_scores as scores  # through the module, so that tests 
 from .methods import method as method_named
 from .methods import trainable
 from .real_models_checkpoints import keep_weights, resume, save_checkpoint, write_json
+from .real_models_sdft import train_sdft
 from .real_models_setup import Setup, guard_cache, where
 from .real_models_tasks import TASKS, answer_loss, batches
 
@@ -103,11 +104,14 @@ def train_run(setup: Setup, method: str, lr: float, seed: int, path: Path, base_
     end, its progress written beside its result (`.partial.json`) at each evaluation."""
     args = setup.args
     run, model, guard = new_run(setup, method, lr, seed, base_point)
+    checkpoints = args.checkpoints / args.model / setup.task / path.stem if args.checkpoints else None
+    if method == "sdft":  # TRL's trainer, with the runner's evaluations and checkpoints
+        train_sdft(setup, run, model, path, checkpoints, record_point, log_point)
+        return finish(setup, run, model, path, checkpoints)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     pad = ev.pad_token_id(setup.tokenizer)
     data = batches(setup.train, args.batch, seed, pad, args.max_len)
-    checkpoints = args.checkpoints / args.model / setup.task / path.stem if args.checkpoints else None
     done = resume(checkpoints, model, optimizer, run) if checkpoints else 0
     for _ in range(done):  # the batches the checkpoint has seen: the same data order as an unbroken run
         next(data)
@@ -128,10 +132,15 @@ def train_run(setup: Setup, method: str, lr: float, seed: int, path: Path, base_
                 save_checkpoint(checkpoints, model, optimizer, run, step)
             log_point(setup, method, lr, seed, step, run, point)
             started = time.perf_counter()
+    return finish(setup, run, model, path, checkpoints)
+
+
+def finish(setup: Setup, run: Run, model: torch.nn.Module, path: Path, checkpoints: Path | None) -> Run:
+    """The run marked done (unless it diverged), its weights kept where asked, its checkpoints removed."""
     if run.status == "running":
         run.status = "done"
-    if args.keep_weights:
-        keep_weights(model, args.keep_weights / args.model / setup.task / path.stem)
+    if setup.args.keep_weights:
+        keep_weights(model, setup.args.keep_weights / setup.args.model / setup.task / path.stem)
     if checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
     return run

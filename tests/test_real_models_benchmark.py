@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -190,6 +191,46 @@ def test_a_stopped_run_resumes_from_its_last_evaluation_as_if_unbroken(
     assert weights.keys() == resumed_weights.keys()
     assert all(torch.equal(weights[k], resumed_weights[k]) for k in weights)
     assert not list((stopped / "checkpoints").rglob("step-*"))  # removed once the run is done
+
+
+def test_sdft_trains_the_grown_adapter_with_the_runners_evaluations_and_resumes_after_a_stop(
+    data, tmp_path, monkeypatch
+):
+    """`sdft`: TRL's SDFTTrainer on G-Freeze, evaluated and checkpointed at the runner's steps. A stopped run
+    resumes from its last evaluation (reseeded there, so not bit-identical to an unbroken run)."""
+    evaluate, calls = real_models_scores.evaluate, []
+
+    def stop_at_the_last_evaluation(*args):
+        calls.append(args)
+        if len(calls) == 3:  # the base model, step 1, then the end of --tiny's 2 steps
+            raise KeyboardInterrupt
+        return evaluate(*args)
+
+    runs = ("--runs", "sdft@1e-3", "--keep-weights", str(tmp_path / "weights"))
+    monkeypatch.setattr(real_models_scores, "evaluate", stop_at_the_last_evaluation)
+    with pytest.raises(KeyboardInterrupt):
+        real_models.main(run_args(data, tmp_path, *runs))
+    assert [p.parent.name for p in (tmp_path / "checkpoints").rglob("state.json")] == ["step-1"]
+    monkeypatch.setattr(real_models_scores, "evaluate", evaluate)
+    real_models.main(run_args(data, tmp_path, *runs))
+
+    run = json.loads((tmp_path / "stories" / "qasc" / "sdft_lr1e-03_s0.json").read_text())
+    assert run["status"] == "done" and [c["step"] for c in run["curve"]] == [0, 1, 2]
+    assert all(c["train_loss"] >= 0 for c in run["curve"][1:])  # the distillation loss, a divergence
+    assert run["settings"]["sdft"]["teacher_prompt_template"] == "{privileged_context}\n\n{prompt}"
+    grown = benchmark_methods.method("g-freeze").build(AutoModelForCausalLM.from_pretrained(MODEL), {})
+    assert run["trainable"] == benchmark_methods.trainable(grown)
+    kept = load_file(tmp_path / "weights" / "stories" / "qasc" / "sdft_lr1e-03_s0" / "adapter_model.safetensors")
+    start = get_peft_model_state_dict(grown)  # the adapter as saved, before training
+    assert kept.keys() == start.keys() and any(not torch.equal(kept[k], start[k]) for k in kept)
+    assert not list((tmp_path / "checkpoints").rglob("step-*"))
+
+
+def test_sdft_with_the_guard_is_refused_before_any_step(data, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        real_models.main(run_args(data, tmp_path, "--guard-weight", "1", "--runs", "sdft@1e-3"))
+    assert "sdft distils from the base model already" in capsys.readouterr().err
+    assert not (tmp_path / "stories").exists()
 
 
 @pytest.mark.parametrize("source", ["self", "prompts", "wikitext"])
