@@ -148,6 +148,25 @@ def test_a_rerun_skips_finished_runs(data, finished, capsys):
     assert "full" not in capsys.readouterr().out
 
 
+def stop_then_resume(monkeypatch, args: list[str], checkpoints: Path) -> None:
+    """Run, stopped at the last evaluation of --tiny's 2 steps (its third: the base model, step 1, step 2), when
+    only step 1's checkpoint is written; then run again, which resumes."""
+    evaluate, calls = real_models_scores.evaluate, []
+
+    def stop_at_the_last_evaluation(*evaluated):
+        calls.append(evaluated)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return evaluate(*evaluated)
+
+    monkeypatch.setattr(real_models_scores, "evaluate", stop_at_the_last_evaluation)
+    with pytest.raises(KeyboardInterrupt):
+        real_models.main(args)
+    assert [p.parent.name for p in checkpoints.rglob("state.json")] == ["step-1"]
+    monkeypatch.setattr(real_models_scores, "evaluate", evaluate)
+    real_models.main(args)
+
+
 @pytest.mark.parametrize(
     ("guard", "method", "name"),
     [
@@ -163,20 +182,7 @@ def test_a_stopped_run_resumes_from_its_last_evaluation_as_if_unbroken(
     unbroken, stopped = tmp_path / "unbroken", tmp_path / "stopped"
     runs = (*guard, "--runs", f"{method}@1e-3", "--keep-weights")
     real_models.main(run_args(data, unbroken, *runs, str(unbroken / "weights")))
-    evaluate, calls = real_models_scores.evaluate, []
-
-    def stop_at_the_last_evaluation(*args):
-        calls.append(args)
-        if len(calls) == 3:  # the base model, step 1, then the end of --tiny's 2 steps
-            raise KeyboardInterrupt
-        return evaluate(*args)
-
-    monkeypatch.setattr(real_models_scores, "evaluate", stop_at_the_last_evaluation)
-    with pytest.raises(KeyboardInterrupt):
-        real_models.main(run_args(data, stopped, *runs, str(stopped / "weights")))
-    assert [p.parent.name for p in (stopped / "checkpoints").rglob("state.json")] == ["step-1"]
-    monkeypatch.setattr(real_models_scores, "evaluate", evaluate)
-    real_models.main(run_args(data, stopped, *runs, str(stopped / "weights")))
+    stop_then_resume(monkeypatch, run_args(data, stopped, *runs, str(stopped / "weights")), stopped / "checkpoints")
 
     def final(root):
         run = json.loads((root / "stories" / "qasc" / f"{name}.json").read_text())
@@ -198,21 +204,8 @@ def test_sdft_trains_the_grown_adapter_with_the_runners_evaluations_and_resumes_
 ):
     """`sdft`: TRL's SDFTTrainer on G-Freeze, evaluated and checkpointed at the runner's steps. A stopped run
     resumes from its last evaluation (reseeded there, so not bit-identical to an unbroken run)."""
-    evaluate, calls = real_models_scores.evaluate, []
-
-    def stop_at_the_last_evaluation(*args):
-        calls.append(args)
-        if len(calls) == 3:  # the base model, step 1, then the end of --tiny's 2 steps
-            raise KeyboardInterrupt
-        return evaluate(*args)
-
     runs = ("--runs", "sdft@1e-3", "--keep-weights", str(tmp_path / "weights"))
-    monkeypatch.setattr(real_models_scores, "evaluate", stop_at_the_last_evaluation)
-    with pytest.raises(KeyboardInterrupt):
-        real_models.main(run_args(data, tmp_path, *runs))
-    assert [p.parent.name for p in (tmp_path / "checkpoints").rglob("state.json")] == ["step-1"]
-    monkeypatch.setattr(real_models_scores, "evaluate", evaluate)
-    real_models.main(run_args(data, tmp_path, *runs))
+    stop_then_resume(monkeypatch, run_args(data, tmp_path, *runs), tmp_path / "checkpoints")
 
     run = json.loads((tmp_path / "stories" / "qasc" / "sdft_lr1e-03_s0.json").read_text())
     assert run["status"] == "done" and [c["step"] for c in run["curve"]] == [0, 1, 2]
