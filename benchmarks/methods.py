@@ -59,9 +59,9 @@ METHODS = {
     "zero-init": Method(
         "zero-init growth", lambda base, ctx: get_peft_model(base, GrowConfig(k=2, mode="freeze", init="zero"))
     ),
-    # trained by TRL's SDFTTrainer, not by a benchmark's own loop (benchmarks/real_models_sdft.py)
-    "sdft": Method("SDFT (G-Freeze all)", lambda base, ctx: get_peft_model(base, GrowConfig(k=2))),
 }
+# G-Freeze on every layer, trained by TRL's SDFTTrainer instead of a benchmark's own loop (real_models_sdft.py)
+METHODS["sdft"] = Method("SDFT (G-Freeze all)", METHODS["g-freeze"].build)
 
 
 LAYER_RANKINGS = ("pilot", "proxy", "random")  # the paper's pilot run, the gradient proxy, a fixed random order

@@ -6,7 +6,7 @@ At each step the student (the grown model) writes one completion to each of the 
 loss pulls its next-token distribution on those tokens towards the teacher's: the base model (the adapter
 disabled, which for GROW is the pretrained model exactly) shown the demonstration. The models here are base models,
 not chat models, so the demonstration is shown one-shot: the teacher reads the prompt with its answer, then the
-prompt again (TEACHER_TEMPLATE), where the paper's chat teacher reads "This is an example for a response ...".
+prompt again (SDFT_SETTINGS), where the paper's chat teacher reads "This is an example for a response ...".
 
 The rest is the runner's: the same training examples, steps, batch, evaluations, AdamW without weight decay at a
 constant rate (passed in, so that checkpoints are the runner's own), gradients clipped at 1.0. Completions are as
@@ -18,25 +18,21 @@ identical to an unbroken one."""
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
-import time
-from dataclasses import asdict
-from pathlib import Path
+from collections.abc import Callable
 
-import torch
 from datasets import Dataset
 from transformers import PrinterCallback, TrainerCallback
 
-from .real_models_checkpoints import resume, save_checkpoint, write_json
+from .real_models_setup import evaluates_at
 from .real_models_tasks import read_examples
 
-log = logging.getLogger("real_models")
 # SDFTTrainer warns that a model passed with its adapter may make the `base` teacher differ from the initial
 # student; for GROW they are the same function (function preservation), so the warning does not apply here.
 logging.getLogger("trl.experimental.sdft.sdft_trainer").setLevel(logging.ERROR)
 
-TEACHER_TEMPLATE = "{privileged_context}\n\n{prompt}"  # privileged_context: the prompt and its answer
+# recorded in the run's settings; the teacher's privileged_context is the prompt and its answer
+SDFT_SETTINGS = {"teacher_prompt_template": "{privileged_context}\n\n{prompt}", "num_generations": 1}
 
 
 def demonstrations(setup) -> Dataset:
@@ -48,46 +44,30 @@ def demonstrations(setup) -> Dataset:
 
 
 class Evaluations(TrainerCallback):
-    """The runner's evaluations, partial results and checkpoints, at the steps the runner's own loop has them."""
+    """The runner's evaluations (with their partial results, checkpoints and logs) at the runner's steps."""
 
-    def __init__(self, setup, run, model, optimizer, path: Path, checkpoints: Path | None, done: int, record, report):
-        self.setup, self.run, self.model, self.optimizer = setup, run, model, optimizer
-        self.path, self.checkpoints, self.done = path, checkpoints, done
-        self.record, self.report = record, report  # the runner's record_point and log_point
+    def __init__(self, args, done: int, evaluated: Callable[[int, list, list], bool]):
+        self.args, self.done, self.evaluated = args, done, evaluated
         self.losses: list[float] = []
-        self.started = time.perf_counter()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if "loss" not in (logs or {}):  # the summary logged once training ends
             return
         self.losses.append(logs["loss"])  # logging_steps=1: this step's loss
-        step, settings = self.done + state.global_step, self.setup.args
-        if step % settings.eval_every and step != settings.steps:
+        step = self.done + state.global_step
+        if not evaluates_at(self.args, step):
             return
-        self.run.seconds_train += time.perf_counter() - self.started
-        autocast = torch.autocast(self.setup.device.type, dtype=torch.bfloat16, enabled=args.bf16)
-        point = self.record(self.run, self.model, self.setup, autocast, step, self.losses, [], None)
-        self.losses = []
-        if not math.isfinite(self.run.curve[-1]["train_loss"]):
-            self.run.status = "diverged"
+        if not self.evaluated(step, self.losses, []):
             control.should_training_stop = True
-            return
-        write_json(self.path.with_suffix(".partial.json"), asdict(self.run))
-        if self.checkpoints and step < settings.steps:
-            save_checkpoint(self.checkpoints, self.model, self.optimizer, self.run, step)
-        self.report(self.setup, "sdft", self.run.lr, self.run.seed, step, self.run, point)
-        self.started = time.perf_counter()
+        self.losses = []
 
 
-def train_sdft(setup, run, model, path: Path, checkpoints: Path | None, record, report) -> None:
-    """Train `run` (its model built as G-Freeze on every layer) with SDFTTrainer, from its last checkpoint if any."""
+def train_sdft(setup, run, model, optimizer, done: int, evaluated: Callable[[int, list, list], bool]) -> None:
+    """Train `run` (its model built as G-Freeze on every layer, its optimizer resumed to step `done`) with
+    SDFTTrainer; `evaluated(step, losses, kls)` is the runner's evaluation, False once the run diverged."""
     from trl.experimental.sdft import SDFTConfig, SDFTTrainer  # experimental in TRL: imported where it is used
 
     args = setup.args
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=run.lr, weight_decay=0.0)
-    run.settings["sdft"] = {"teacher_prompt_template": TEACHER_TEMPLATE, "num_generations": 1}  # before resume()
-    done = resume(checkpoints, model, optimizer, run) if checkpoints else 0
     if setup.tokenizer.pad_token is None:
         setup.tokenizer.pad_token = setup.tokenizer.eos_token
     with tempfile.TemporaryDirectory() as scratch:  # SDFTConfig wants an output folder; nothing is saved there
@@ -95,10 +75,10 @@ def train_sdft(setup, run, model, path: Path, checkpoints: Path | None, record, 
             output_dir=scratch,
             max_steps=args.steps - done,
             per_device_train_batch_size=args.batch,
-            num_generations=1,
+            num_generations=SDFT_SETTINGS["num_generations"],
             max_prompt_length=args.max_len,
             max_completion_length=max(len(e.answer) for e in setup.train),
-            teacher_prompt_template=TEACHER_TEMPLATE,
+            teacher_prompt_template=SDFT_SETTINGS["teacher_prompt_template"],
             learning_rate=run.lr,
             lr_scheduler_type="constant",
             max_grad_norm=1.0,
@@ -118,5 +98,5 @@ def train_sdft(setup, run, model, path: Path, checkpoints: Path | None, record, 
             optimizers=(optimizer, None),
         )
         trainer.remove_callback(PrinterCallback)  # the runner logs its own points
-        trainer.add_callback(Evaluations(setup, run, model, optimizer, path, checkpoints, done, record, report))
+        trainer.add_callback(Evaluations(args, done, evaluated))
         trainer.train()

@@ -51,6 +51,11 @@ class Setup:
     prompts: list[str] = field(default_factory=list)  # the training prompts (the guard's `prompts` source)
 
 
+def evaluates_at(args: argparse.Namespace, step: int) -> bool:
+    """Whether a run is evaluated after `step`: every --eval-every steps and at the last."""
+    return step % args.eval_every == 0 or step == args.steps
+
+
 def load(args) -> tuple[object, torch.nn.Module]:
     folder = args.model_dir or default_cache() / args.model / "hf"
     if not (Path(folder) / "config.json").is_file():

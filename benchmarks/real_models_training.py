@@ -28,8 +28,8 @@ from . import real_models_scores as scores  # through the module, so that tests 
 from .methods import method as method_named
 from .methods import trainable
 from .real_models_checkpoints import keep_weights, resume, save_checkpoint, write_json
-from .real_models_sdft import train_sdft
-from .real_models_setup import Setup, guard_cache, where
+from .real_models_sdft import SDFT_SETTINGS, train_sdft
+from .real_models_setup import Setup, evaluates_at, guard_cache, where
 from .real_models_tasks import TASKS, answer_loss, batches
 
 log = logging.getLogger("real_models")
@@ -88,6 +88,7 @@ def new_run(
     }
     guard, guard_settings = make_guard(setup, method)  # before the seed (sampling leaves the random state alone)
     settings |= {"retention": setup.retention} | guard_settings
+    settings |= {"sdft": SDFT_SETTINGS} if method == "sdft" else {}
     run = Run(args.model, setup.task, run_name(method, args), lr, seed, settings)
     torch.manual_seed(seed)  # LoRA's and zero-init's random weights, the symmetry noise
     model = method_named(method).build(copy.deepcopy(setup.base), method_context(setup.context)).to(setup.device)
@@ -104,34 +105,43 @@ def train_run(setup: Setup, method: str, lr: float, seed: int, path: Path, base_
     end, its progress written beside its result (`.partial.json`) at each evaluation."""
     args = setup.args
     run, model, guard = new_run(setup, method, lr, seed, base_point)
-    checkpoints = args.checkpoints / args.model / setup.task / path.stem if args.checkpoints else None
-    if method == "sdft":  # TRL's trainer, with the runner's evaluations and checkpoints
-        train_sdft(setup, run, model, path, checkpoints, record_point, log_point)
-        return finish(setup, run, model, path, checkpoints)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    pad = ev.pad_token_id(setup.tokenizer)
-    data = batches(setup.train, args.batch, seed, pad, args.max_len)
+    checkpoints = args.checkpoints / args.model / setup.task / path.stem if args.checkpoints else None
     done = resume(checkpoints, model, optimizer, run) if checkpoints else 0
-    for _ in range(done):  # the batches the checkpoint has seen: the same data order as an unbroken run
-        next(data)
     ranks = update_recorder(method, model, done)
     autocast = torch.autocast(setup.device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16-autocast")
-    losses, kls, started = [], [], time.perf_counter()
+    started = time.perf_counter()
+
+    def evaluated(step: int, losses: list, kls: list) -> bool:
+        """At an evaluation step: the point added to the curve; False if the run diverged, else its progress
+        written, a checkpoint saved (before the last step) and the point logged."""
+        nonlocal started
+        run.seconds_train += time.perf_counter() - started
+        point = record_point(run, model, setup, autocast, step, losses, kls, ranks)
+        if not math.isfinite(run.curve[-1]["train_loss"]):
+            run.status = "diverged"
+            return False
+        write_json(path.with_suffix(".partial.json"), asdict(run))  # progress of a long run, for a look
+        if checkpoints and step < args.steps:
+            save_checkpoint(checkpoints, model, optimizer, run, step)
+        log_point(setup, method, lr, seed, step, run, point)
+        started = time.perf_counter()
+        return True
+
+    if method == "sdft":  # TRL's trainer, with the runner's optimizer, evaluations and checkpoints
+        train_sdft(setup, run, model, optimizer, done, evaluated)
+        return finish(setup, run, model, path, checkpoints)
+    data = batches(setup.train, args.batch, seed, ev.pad_token_id(setup.tokenizer), args.max_len)
+    for _ in range(done):  # the batches the checkpoint has seen: the same data order as an unbroken run
+        next(data)
+    losses, kls = [], []
     for step in range(done + 1, args.steps + 1):
         train_step(model, next(data), setup.device, autocast, guard, step, params, optimizer, losses, kls)
-        if step % args.eval_every == 0 or step == args.steps:
-            run.seconds_train += time.perf_counter() - started
-            point = record_point(run, model, setup, autocast, step, losses, kls, ranks)
-            losses, kls = [], []
-            if not math.isfinite(run.curve[-1]["train_loss"]):
-                run.status = "diverged"
+        if evaluates_at(args, step):
+            if not evaluated(step, losses, kls):
                 break
-            write_json(path.with_suffix(".partial.json"), asdict(run))  # progress of a long run, for a look
-            if checkpoints and step < args.steps:
-                save_checkpoint(checkpoints, model, optimizer, run, step)
-            log_point(setup, method, lr, seed, step, run, point)
-            started = time.perf_counter()
+            losses, kls = [], []
     return finish(setup, run, model, path, checkpoints)
 
 
