@@ -13,19 +13,30 @@ constant rate (passed in, so that checkpoints are the runner's own), gradients c
 long as the longest training answer. SDFT draws its own order of examples, and the curve's `train_loss` is its
 distillation loss, not the answer loss. A stopped run resumes from the weights and AdamW moments of its last
 evaluation; its sampler and completions are then drawn from seed + step, so a resumed run is reproducible but not
-identical to an unbroken one."""
+identical to an unbroken one.
+
+Whether the teacher knows the answers is checked apart, on the base model alone (a minute on CPU):
+
+    python -m benchmarks.real_models_sdft --model gemma3-270m --task qasc-facts   # exact match, student and teacher
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 from datasets import Dataset
 from transformers import PrinterCallback, TrainerCallback
 
-from .real_models_setup import evaluates_at
-from .real_models_tasks import read_examples
+from peft_grow import evaluation as ev
+
+from .real_models_scores import task_score
+from .real_models_setup import MODELS, default_data, evaluates_at, load
+from .real_models_tasks import TASKS, read_examples, spread
 
 # SDFTTrainer warns that a model passed with its adapter may make the `base` teacher differ from the initial
 # student; for GROW they are the same function (function preservation), so the warning does not apply here.
@@ -35,12 +46,24 @@ logging.getLogger("trl.experimental.sdft.sdft_trainer").setLevel(logging.ERROR)
 SDFT_SETTINGS = {"teacher_prompt_template": "{privileged_context}\n\n{prompt}", "num_generations": 1}
 
 
+def privileged_context(example: ev.Example) -> str:
+    return f"{example.prompt} {example.answer}"
+
+
 def demonstrations(setup) -> Dataset:
     """The training examples as SDFT reads them: the prompt, and the prompt answered as the teacher's context."""
     examples = read_examples(setup.data, setup.task, "train")
     return Dataset.from_dict(
-        {"prompt": [e.prompt for e in examples], "privileged_context": [f"{e.prompt} {e.answer}" for e in examples]}
+        {"prompt": [e.prompt for e in examples], "privileged_context": [privileged_context(e) for e in examples]}
     )
+
+
+def as_teacher_reads(example: ev.Example) -> ev.Example:
+    """The example with the prompt the teacher reads (SDFT_SETTINGS' template), the answer unchanged."""
+    prompt = SDFT_SETTINGS["teacher_prompt_template"].format(
+        privileged_context=privileged_context(example), prompt=example.prompt
+    )
+    return dataclasses.replace(example, prompt=prompt)
 
 
 class Evaluations(TrainerCallback):
@@ -100,3 +123,28 @@ def train_sdft(setup, run, model, optimizer, done: int, evaluated: Callable[[int
         trainer.remove_callback(PrinterCallback)  # the runner logs its own points
         trainer.add_callback(Evaluations(args, done, evaluated))
         trainer.train()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the base model's score on training examples as the student reads them and as the teacher does: SDFT
+    can only teach what its teacher answers."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--model", required=True, help=f"{', '.join(MODELS)}, or any name with --model-dir")
+    parser.add_argument("--model-dir", type=Path, help="the base checkpoint (default: <cache>/<model>/hf)")
+    parser.add_argument("--task", choices=sorted(TASKS), default="qasc-facts")
+    parser.add_argument("--data", type=Path, default=default_data(), help="the task folder (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=40, help="training examples, spread over the file")
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args(argv)
+    if args.data is None:
+        raise SystemExit("error: no task folder found; pass --data (the shared data's tasks/ folder)")
+    tokenizer, model = load(args)
+    examples = spread(read_examples(args.data, args.task, "train"), args.limit)
+    for reader, shown in (("student", examples), ("teacher", [as_teacher_reads(e) for e in examples])):
+        score = task_score(model.eval(), tokenizer, shown, args.task, args.batch)
+        print(f"{args.model} {args.task}, {len(shown)} training examples as the {reader} reads them: "
+              f"score {score['score']:.3f}, first answers {score.get('sample')}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -14,7 +14,14 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from benchmarks import methods as benchmark_methods
-from benchmarks import real_models, real_models_runner, real_models_scores, real_models_setup, real_models_tasks
+from benchmarks import (
+    real_models,
+    real_models_runner,
+    real_models_scores,
+    real_models_sdft,
+    real_models_setup,
+    real_models_tasks,
+)
 from benchmarks import real_models_report as report
 from peft_grow import evaluation as ev
 
@@ -217,6 +224,18 @@ def test_sdft_trains_the_grown_adapter_with_the_runners_evaluations_and_resumes_
     start = get_peft_model_state_dict(grown)  # the adapter as saved, before training
     assert kept.keys() == start.keys() and any(not torch.equal(kept[k], start[k]) for k in kept)
     assert not list((tmp_path / "checkpoints").rglob("step-*"))
+
+
+def test_the_sdft_teacher_reads_the_answered_prompt_then_the_prompt_and_is_scored_beside_the_student(data, capsys):
+    example = ev.Example(prompt="Question: 2+2?\nAnswer:", answer="B")
+    teacher = real_models_sdft.as_teacher_reads(example)
+    assert teacher.prompt == "Question: 2+2?\nAnswer: B\n\nQuestion: 2+2?\nAnswer:" and teacher.answer == "B"
+
+    real_models_sdft.main(["--model", "stories", "--model-dir", str(MODEL), "--task", "qasc", "--data", str(data),
+                           "--limit", "3", "--batch", "2"])  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" as the ")[1].split(" reads")[0] for line in lines] == ["student", "teacher"]
+    assert all(0 <= float(line.split("score ")[1].split(",")[0]) <= 1 for line in lines)
 
 
 def test_sdft_with_the_guard_is_refused_before_any_step(data, tmp_path, capsys):
