@@ -17,7 +17,7 @@ identical to an unbroken one.
 
 Whether the teacher knows the answers is checked apart, on the base model alone (a minute on CPU):
 
-    python -m benchmarks.real_models_sdft --model gemma3-270m --task qasc-facts   # exact match, student and teacher
+    python -m benchmarks.real_models_sdft --model gemma3-270m --data ../shared/data/tasks   # student and teacher
 """
 
 from __future__ import annotations
