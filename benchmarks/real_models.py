@@ -68,7 +68,7 @@ from . import guarded  # noqa: E402
 from .methods import METHODS  # noqa: E402
 from .methods import method as method_named  # noqa: E402
 from .real_models_runner import cmd_baseline, cmd_run  # noqa: E402
-from .real_models_setup import MODELS, RESULTS, default_cache, default_data, pick_device  # noqa: E402
+from .real_models_setup import MODELS, RESULTS, default_cache, default_data, pick_device, require_data  # noqa: E402
 from .real_models_tasks import TASKS  # noqa: E402
 
 
@@ -190,11 +190,7 @@ def checked(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpar
             if args.runs
             else [(m, lr) for lr in args.lrs for m in args.methods]
         )
-    if args.data is None:
-        parser.error(
-            "no task data folder given (expected the folder holding winogrande/, icl/, qasc/, mathqa/ and mtnt/, "
-            f"see docs/evaluation.md): pass --data or set ${ev.DATA_ENV}"
-        )
+    require_data(parser, args.data)
     if args.command == "run":
         args.guard = None
         if args.guard_weight is not None:

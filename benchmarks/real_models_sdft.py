@@ -35,7 +35,7 @@ from transformers import PrinterCallback, TrainerCallback
 from peft_grow import evaluation as ev
 
 from .real_models_scores import task_score
-from .real_models_setup import MODELS, default_data, evaluates_at, load
+from .real_models_setup import MODELS, default_data, evaluates_at, load, require_data
 from .real_models_tasks import TASKS, read_examples, spread
 
 # SDFTTrainer warns that a model passed with its adapter may make the `base` teacher differ from the initial
@@ -132,12 +132,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", required=True, help=f"{', '.join(MODELS)}, or any name with --model-dir")
     parser.add_argument("--model-dir", type=Path, help="the base checkpoint (default: <cache>/<model>/hf)")
     parser.add_argument("--task", choices=sorted(TASKS), default="qasc-facts")
-    parser.add_argument("--data", type=Path, default=default_data(), help="the task folder (default: %(default)s)")
+    parser.add_argument("--data", type=Path, default=default_data(), help=f"task data folder (default ${ev.DATA_ENV})")
     parser.add_argument("--limit", type=int, default=40, help="training examples, spread over the file")
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args(argv)
-    if args.data is None:
-        raise SystemExit("error: no task folder found; pass --data (the shared data's tasks/ folder)")
+    require_data(parser, args.data)
     tokenizer, model = load(args)
     examples = spread(read_examples(args.data, args.task, "train"), args.limit)
     for reader, shown in (("student", examples), ("teacher", [as_teacher_reads(e) for e in examples])):

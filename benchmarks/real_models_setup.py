@@ -51,6 +51,15 @@ class Setup:
     prompts: list[str] = field(default_factory=list)  # the training prompts (the guard's `prompts` source)
 
 
+def require_data(parser: argparse.ArgumentParser, folder, flag: str = "--data") -> None:
+    """Stop the command with what it needs when no task data folder was given (by `flag` or $PEFT_GROW_DATA)."""
+    if not folder:
+        parser.error(
+            "no task data folder given (expected the folder holding winogrande/, icl/, qasc/, mathqa/ and mtnt/, "
+            f"see docs/evaluation.md): pass {flag} or set ${ev.DATA_ENV}"
+        )
+
+
 def evaluates_at(args: argparse.Namespace, step: int) -> bool:
     """Whether a run is evaluated after `step`: every --eval-every steps and at the last."""
     return step % args.eval_every == 0 or step == args.steps

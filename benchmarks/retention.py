@@ -38,6 +38,7 @@ from peft_grow import GrowConfig  # noqa: E402
 from peft_grow import evaluation as ev  # noqa: E402
 
 from . import stories  # noqa: E402  (the demo's data and training loop)
+from .real_models_setup import require_data  # noqa: E402
 from .stories import MODEL_DIR  # noqa: E402
 
 
@@ -52,11 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = parser.parse_args(argv)
     args.data_dir = args.data_dir or os.environ.get(ev.DATA_ENV)
-    if not args.data_dir:
-        parser.error(
-            "no task data folder given (expected the folder holding winogrande/, icl/, qasc/, mathqa/ and mtnt/, "
-            f"see docs/evaluation.md): pass --data-dir or set ${ev.DATA_ENV}"
-        )
+    require_data(parser, args.data_dir, "--data-dir")
     return args
 
 
